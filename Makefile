@@ -1,0 +1,57 @@
+# tickcast: `make run` serves with the embedded defaults, `make test` runs everything.
+# Both bootstrap .venv on a fresh machine (python3 >= 3.11 required).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_STAMP := $(VENV)/.stamp-run
+DEV_STAMP := $(VENV)/.stamp-dev
+LOAD_STAMP := $(VENV)/.stamp-load
+LINTED := src tests bench loadtest
+
+.PHONY: run test lint typecheck pytest loadtest bench bench-storage bench-fanout clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(RUN_STAMP)
+
+$(LOAD_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+	touch $@ $(DEV_STAMP) $(RUN_STAMP)
+
+run: $(RUN_STAMP)
+	$(BIN)/tickcast serve $(ARGS)
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy
+
+pytest: $(DEV_STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+loadtest: $(LOAD_STAMP)
+	$(BIN)/python loadtest/run $(ARGS)
+
+bench-storage: $(DEV_STAMP)
+	$(BIN)/python bench/storage.py $(ARGS)
+
+bench-fanout: $(LOAD_STAMP)
+	$(BIN)/python bench/fanout.py $(ARGS)
+
+bench: bench-storage bench-fanout
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

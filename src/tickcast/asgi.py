@@ -1,0 +1,54 @@
+"""``tickcast.asgi:app``, for ``hypercorn --worker-class trio tickcast.asgi:app``.
+
+Settings come from ``TICKCAST_*`` variables only (Hypercorn owns the command line
+and the listener). The service (history, writer, source) lives in the nursery of
+the ASGI lifespan call: it starts with Hypercorn's serving lifecycle and is
+cancelled (drained, fsynced) when Hypercorn shuts down. HTTP routes and
+``/ws/stream`` are the Quart app's (the portable ASGI transport).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from .app import attach, create_app
+from .config import from_sources
+from .server import run_service
+
+__all__ = ["app", "quart_app"]
+
+log = logging.getLogger("tickcast.asgi")
+
+quart_app = create_app()
+
+Scope = dict[str, Any]
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    message = await receive()
+    assert message["type"] == "lifespan.startup"
+    try:
+        config = from_sources({})
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(run_service, config)
+            attach(quart_app, service)
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            attach(quart_app, None)
+            nursery.cancel_scope.cancel()
+    except Exception as exc:
+        log.exception("tickcast failed to start")
+        await send({"type": "lifespan.startup.failed", "message": f"{exc}"})
+        return
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def app(scope: Scope, receive: Any, send: Any) -> None:
+    """The ASGI application: our lifespan, Quart for everything else."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+    else:
+        await quart_app(scope, receive, send)  # type: ignore[arg-type]

@@ -1,0 +1,59 @@
+"""The ``tickcast`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from . import __version__
+from .config import add_arguments, describe, from_sources
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tickcast", description="A live data feed for a running market simulation."
+    )
+    parser.add_argument("--version", action="version", version=f"tickcast {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the service",
+        description="Run tickcast: source, segment writer, hub, HTTP and WebSocket on one port. "
+        "Every setting is a flag and an environment variable TICKCAST_<NAME>.",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    add_arguments(serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tickcast`` console script; returns the exit status."""
+    args = vars(build_parser().parse_args(argv))
+    args.pop("command")
+    level = args.pop("log_level")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = from_sources(args)
+    except ConfigError as exc:
+        print(f"tickcast: error: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("tickcast").info("settings: %s", " ".join(describe(config)))
+    from .server import serve_until_signal
+
+    trio.run(serve_until_signal, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

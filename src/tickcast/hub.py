@@ -1,0 +1,102 @@
+"""The hub: fans each published tick out to every subscriber without awaiting any.
+
+Invariants (the slow-consumer policy, see docs/protocol.md):
+
+* :meth:`Hub.publish` is synchronous. It hands the tick to each *live*
+  subscriber with :meth:`Subscriber.deliver`, which never blocks: it either takes
+  the tick (into its bounded buffer, or straight onto the socket) or returns
+  False. A subscriber that returns False stops being live; its connection later
+  catches up from history at its own ``next_t`` and rejoins.
+* A subscriber that is not live and lags by more than ``lag_limit`` ticks
+  (``published t - next_t + 1 > lag_limit``) is evicted: its connection closes with
+  4008 and the reason names the ``from_t`` to resume with.
+* Ticks older than a subscriber's ``next_t`` are skipped, so a client that asked
+  for a future ``from_t`` starts exactly there.
+
+Nothing here awaits, so one slow client cannot delay the source, the writer or
+any other client, and the hub's memory is the subscriber set.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .tick import EncodedTick
+
+__all__ = ["Hub", "Subscriber"]
+
+
+class Subscriber:
+    """One connection's place in the fan-out. Transports subclass it.
+
+    Attributes:
+        next_t: the next ``t`` this client has not yet been given.
+        live: True while the hub delivers ticks to it directly.
+        ip: the client address its connection slot is counted against.
+    """
+
+    next_t: int = 0
+    live: bool = False
+    ip: str = ""
+
+    def deliver(self, tick: EncodedTick) -> bool:
+        """Take ``tick`` (``tick.t == next_t``) without blocking; False when full."""
+        raise NotImplementedError
+
+    def fell_behind(self) -> None:
+        """Called once when :meth:`deliver` returned False (the subscriber is no longer live)."""
+
+    def evict(self) -> None:
+        """Close the connection as a slow consumer (4008). Must not block."""
+        raise NotImplementedError
+
+
+class Hub:
+    """The set of subscribers and the latest published tick."""
+
+    def __init__(self, *, lag_limit: int) -> None:
+        self.lag_limit = lag_limit
+        self._subs: set[Subscriber] = set()
+        self.latest: EncodedTick | None = None
+        # Statistics (exported by /metrics)
+        self.published = 0
+        self.fell_behind = 0
+        self.evicted = 0
+        self.per_ip: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def add(self, sub: Subscriber) -> None:
+        self._subs.add(sub)
+        self.per_ip[sub.ip] += 1
+
+    def discard(self, sub: Subscriber) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+            self.per_ip[sub.ip] -= 1
+            if self.per_ip[sub.ip] <= 0:
+                del self.per_ip[sub.ip]
+
+    def subscribers(self) -> list[Subscriber]:
+        return list(self._subs)
+
+    def publish(self, tick: EncodedTick) -> None:
+        """Fan ``tick`` out. Never blocks; see the module invariants."""
+        self.latest = tick
+        self.published += 1
+        t = tick.t
+        limit = self.lag_limit
+        for sub in tuple(self._subs):
+            if sub.live:
+                if t < sub.next_t:
+                    continue
+                if sub.deliver(tick):
+                    continue
+                sub.live = False
+                self.fell_behind += 1
+                sub.fell_behind()
+            elif t - sub.next_t + 1 > limit:
+                self.evicted += 1
+                self.discard(sub)
+                sub.evict()

@@ -1,0 +1,92 @@
+"""The ring buffer: the newest ``capacity`` ticks in memory (plain Python, no I/O).
+
+Invariants: ticks are appended with consecutive ``t``; the ring holds exactly the
+ticks ``oldest_t .. latest_t`` (at most ``capacity`` of them); lookups by ``t``
+are O(1) (slot ``t % capacity``).
+"""
+
+from __future__ import annotations
+
+from .tick import EncodedTick
+
+__all__ = ["Ring"]
+
+
+class Ring:
+    """A fixed-capacity buffer of consecutive ticks, indexed by ``t``."""
+
+    __slots__ = ("_bytes", "_capacity", "_first", "_latest", "_slots")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._capacity = capacity
+        self._slots: list[EncodedTick | None] = [None] * capacity
+        self._latest: int | None = None
+        self._bytes = 0
+        self._first = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def latest_t(self) -> int | None:
+        """The newest ``t`` held, or None when empty."""
+        return self._latest
+
+    @property
+    def oldest_t(self) -> int | None:
+        """The oldest ``t`` still held, or None when empty."""
+        if self._latest is None:
+            return None
+        return max(self._first, self._latest - self._capacity + 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tick JSON held (for metrics)."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        if self._latest is None:
+            return 0
+        return self._latest - self.oldest_t + 1  # type: ignore[operator]
+
+    def append(self, tick: EncodedTick) -> None:
+        """Add the next tick; ``tick.t`` must be ``latest_t + 1`` (any ``t`` when empty)."""
+        if self._latest is None:
+            self._first = tick.t
+        elif tick.t != self._latest + 1:
+            raise ValueError(f"ring expects t={self._latest + 1}, got t={tick.t}")
+        slot = tick.t % self._capacity
+        old = self._slots[slot]
+        if old is not None:
+            self._bytes -= len(old.raw)
+        self._slots[slot] = tick
+        self._bytes += len(tick.raw)
+        self._latest = tick.t
+
+    def get(self, t: int) -> EncodedTick | None:
+        """The tick ``t`` if the ring still holds it."""
+        oldest = self.oldest_t
+        if oldest is None or t < oldest or t > self._latest:  # type: ignore[operator]
+            return None
+        return self._slots[t % self._capacity]
+
+    def latest(self) -> EncodedTick | None:
+        """The newest tick, or None when empty."""
+        return None if self._latest is None else self._slots[self._latest % self._capacity]
+
+    def range(self, from_t: int, limit: int, *, upto: int | None = None) -> list[EncodedTick]:
+        """Up to ``limit`` consecutive ticks from ``from_t`` (which must be held), to ``upto``."""
+        oldest = self.oldest_t
+        latest = self._latest
+        if oldest is None or latest is None or from_t > latest or limit < 1:
+            return []
+        if from_t < oldest:
+            raise KeyError(from_t)
+        end = latest if upto is None else min(latest, upto)
+        end = min(end, from_t + limit - 1)
+        cap = self._capacity
+        slots = self._slots
+        return [slots[t % cap] for t in range(from_t, end + 1)]  # type: ignore[misc]

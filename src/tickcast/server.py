@@ -1,0 +1,106 @@
+"""The nursery that owns everything (SPEC §8).
+
+::
+
+    serve()                          outer nursery
+    ├── History.run_writer           segment writer (drains + fsyncs when cancelled)
+    └── inner nursery
+        ├── run_simulator            the source (or nothing: POST /ingest feeds it)
+        └── serve_frontdoor          listener: /ws/stream -> wsraw, rest -> Hypercorn/Quart
+
+Shutdown is cancellation, inner first: the source stops and every stream client
+gets close 1001 (bounded by ``wsraw.CLOSE_GRACE``), then the writer is cancelled,
+writes what is queued, fsyncs and closes the store. Every tick a client received
+was queued for the writer before it was published, so it is on disk after a clean
+stop.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .app import attach, create_app
+from .config import Config
+from .frontdoor import listen, serve_frontdoor
+from .service import Service
+from .source import run_simulator
+
+__all__ = ["serve", "serve_until_signal"]
+
+log = logging.getLogger("tickcast.server")
+
+
+async def run_service(
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Open history and run the writer and the source until cancelled (no listener).
+
+    ``asgi.py`` uses this under a stock Hypercorn; :func:`serve` adds the listener.
+    """
+    service = await Service.open(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.history.run_writer)
+        if config.source == "sim":
+            await nursery.start(run_simulator, service)
+        task_status.started(service)
+        await trio.sleep_forever()
+
+
+async def serve(
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    service: Service | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run tickcast until ``shutdown_trigger`` returns (or forever), then stop cleanly.
+
+    ``task_status.started`` receives the bound port (useful with ``port=0``).
+    ``service`` lets a caller (tests, embedding) open the service itself.
+    """
+    if service is None:
+        service = await Service.open(config)
+    app = create_app()
+    attach(app, service)
+    lsock = listen(config.host, config.port)
+    port = int(lsock.getsockname()[1])
+    try:
+        async with trio.open_nursery() as outer:
+            await outer.start(service.history.run_writer)
+            async with trio.open_nursery() as inner:
+                if config.source == "sim":
+                    await inner.start(run_simulator, service)
+                await inner.start(serve_frontdoor, service, app, lsock)
+                log.info("tickcast listening on http://%s:%d", config.host, port)
+                gc.collect()
+                gc.freeze()  # start-up objects never need scanning again
+                task_status.started(port)
+                if shutdown_trigger is None:
+                    await trio.sleep_forever()
+                await shutdown_trigger()
+                log.info("shutting down: closing stream clients with 1001")
+                inner.cancel_scope.cancel()
+            outer.cancel_scope.cancel()
+    finally:
+        attach(app, None)
+        lsock.close()
+    log.info("stopped; latest t %s", service.history.latest_t)
+
+
+async def _first_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            return
+
+
+async def serve_until_signal(config: Config) -> None:
+    """:func:`serve` until SIGINT or SIGTERM."""
+    await serve(config, shutdown_trigger=_first_signal)

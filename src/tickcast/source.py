@@ -1,0 +1,61 @@
+"""Tick sources: the built-in simulator on a timer (the ingest route is in app.py)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+import orjson
+import trio
+
+from .errors import StoreError
+from .service import Service
+from .simulator import Market
+from .tick import EncodedTick
+
+__all__ = ["run_simulator"]
+
+log = logging.getLogger("tickcast.source")
+
+
+def _market(service: Service) -> Market:
+    config = service.config
+    seed = config.seed if config.seed is not None else secrets.randbits(32)
+    last = service.history.ring.latest()
+    if last is None:
+        log.info("simulator: new market, seed %d, %d agents", seed, config.agents)
+        return Market(agents=config.agents, seed=seed)
+    log.info("simulator: resuming after t=%d, seed %d", last.t, seed)
+    return Market.resume(orjson.loads(last.raw), agents=config.agents, seed=seed)
+
+
+async def run_simulator(
+    service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Produce ticks at ``config.rate`` per second until cancelled.
+
+    Ticks are scheduled on absolute deadlines, so the rate does not drift with the
+    cost of a step; after a stall (e.g. the writer applying backpressure) it does
+    not burst to catch up. A failure is recorded on the service (``/health`` 503),
+    not raised, so history stays readable.
+    """
+    market = _market(service)
+    period = 1.0 / service.config.rate
+    task_status.started()
+    deadline = trio.current_time()
+    try:
+        while True:
+            t = service.history.next_t
+            tick = EncodedTick.from_dict(market.step(t, time.time()))
+            await service.produce(tick)
+            deadline += period
+            now = trio.current_time()
+            if deadline < now - period:
+                deadline = now
+            await trio.sleep_until(deadline)
+    except StoreError as exc:
+        service.fail("simulator", f"stopped: {exc}")
+    except Exception as exc:
+        service.fail("simulator", f"{type(exc).__name__}: {exc}")
+        log.exception("simulator crashed")

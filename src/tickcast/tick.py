@@ -1,0 +1,139 @@
+"""The tick model and codec (plain Python, no I/O).
+
+Invariants:
+
+* A tick is encoded to JSON bytes exactly once (:meth:`EncodedTick.from_dict`);
+  the segment line, the ring entry, ``/incremental``'s element and every
+  WebSocket message are those bytes.
+* A field selection (SPEC §3 ``fields``) is computed at most once per tick per
+  field set and cached on the tick, never once per client.
+* Keys keep the order ``type, t, ts, s, agents, actions, matches``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+_HEAD = re.compile(rb'^\{"type":"tick","t":(\d+),"ts":([0-9.eE+-]+)[,}]')
+
+__all__ = [
+    "HEAD_KEYS",
+    "OPTIONAL_KEYS",
+    "EncodedTick",
+    "Fields",
+    "batch_message",
+    "encode_message",
+    "parse_fields",
+    "views_of",
+]
+
+HEAD_KEYS = ("type", "t", "ts")
+OPTIONAL_KEYS = ("s", "agents", "actions", "matches")
+
+Fields = tuple[str, ...] | None
+"""A canonical field selection: a sorted-by-spec tuple of optional keys, or None for all."""
+
+
+def parse_fields(text: str | None) -> Fields:
+    """Parse ``"s,agents"`` into a canonical selection.
+
+    Raises:
+        ValueError: an unknown or empty field name; the message names it.
+    """
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",")]
+    for name in names:
+        if name not in OPTIONAL_KEYS:
+            raise ValueError(f"unknown field {name!r}; choose from {','.join(OPTIONAL_KEYS)}")
+    chosen = tuple(k for k in OPTIONAL_KEYS if k in names)
+    return None if len(chosen) == len(OPTIONAL_KEYS) else chosen
+
+
+def encode_message(obj: dict[str, Any]) -> bytes:
+    """Encode a protocol message (hello, heartbeat, error, pong) to JSON bytes."""
+    return orjson.dumps(obj)
+
+
+class EncodedTick:
+    """One tick as bytes, plus its field-selected views cached on first use.
+
+    Attributes:
+        t: the sequence number.
+        ts: the production time (unix seconds).
+        raw: the full JSON encoding, no trailing newline.
+    """
+
+    __slots__ = ("_frames", "_views", "raw", "t", "ts")
+
+    def __init__(self, t: int, ts: float, raw: bytes) -> None:
+        self.t = t
+        self.ts = ts
+        self.raw = raw
+        self._views: dict[Fields, bytes] | None = None
+        self._frames: dict[tuple[Fields, int], bytes] | None = None
+
+    @classmethod
+    def from_dict(cls, tick: dict[str, Any]) -> EncodedTick:
+        """Encode a tick dict (keys already in SPEC order)."""
+        return cls(int(tick["t"]), float(tick["ts"]), orjson.dumps(tick))
+
+    @classmethod
+    def from_raw(cls, raw: bytes, *, t: int | None = None) -> EncodedTick:
+        """Wrap stored bytes; parses them once to learn ``t`` and ``ts``."""
+        obj = orjson.loads(raw)
+        if not isinstance(obj, dict) or obj.get("type") != "tick":
+            raise ValueError("not a tick object")
+        tick_t = int(obj["t"])
+        if t is not None and tick_t != t:
+            raise ValueError(f"record holds t={tick_t}, expected t={t}")
+        return cls(tick_t, float(obj["ts"]), raw)
+
+    @classmethod
+    def from_stored(cls, raw: bytes, t: int | None = None) -> EncodedTick:
+        """Wrap a stored record, reading ``t`` and ``ts`` off its head (no full parse).
+
+        Ticks are stored with ``type, t, ts`` first (SPEC §2); anything else falls
+        back to a full parse.
+        """
+        m = _HEAD.match(raw)
+        if m is None:
+            return cls.from_raw(raw, t=t)
+        head_t = int(m.group(1))
+        if t is not None and head_t != t:
+            raise ValueError(f"record holds t={head_t}, expected t={t}")
+        return cls(head_t, float(m.group(2)), raw)
+
+    def view(self, fields: Fields) -> bytes:
+        """The JSON of this tick restricted to ``fields`` (cached per field set)."""
+        if fields is None:
+            return self.raw
+        views = self._views
+        if views is None:
+            views = self._views = {}
+        out = views.get(fields)
+        if out is None:
+            obj = orjson.loads(self.raw)
+            keep = {k: obj[k] for k in HEAD_KEYS}
+            for k in fields:
+                if k in obj:
+                    keep[k] = obj[k]
+            out = views[fields] = orjson.dumps(keep)
+        return out
+
+    def __repr__(self) -> str:
+        return f"EncodedTick(t={self.t}, {len(self.raw)} bytes)"
+
+
+def batch_message(views: Iterable[bytes]) -> bytes:
+    """``{"type":"batch","ticks":[...]}`` from already-encoded tick views (no re-encoding)."""
+    return b'{"type":"batch","ticks":[' + b",".join(views) + b"]}"
+
+
+def views_of(ticks: Sequence[EncodedTick], fields: Fields) -> list[bytes]:
+    """The selected view of each tick."""
+    return [tick.view(fields) for tick in ticks]

@@ -1,0 +1,322 @@
+"""``/ws/stream`` on a raw non-blocking socket: the fast transport of ``tickcast serve``.
+
+Invariants:
+
+* Outgoing frames are written by us (``frames.py``), never by wsproto, except
+  control replies (pong, close) which wsproto serialises. Frames are never split or
+  interleaved: every write goes through one outbox, in order.
+* Live delivery happens inside :meth:`Hub.publish`: when the outbox is empty the
+  cached frame goes straight to ``socket.send`` (no task switch per client); what the
+  kernel does not take waits in the outbox, flushed by the session task. When the
+  outbox holds more than ``LIVE_BACKLOG`` bytes, :meth:`deliver` refuses the tick and
+  the session catches up from history instead (the bounded backpressure point).
+* Every exit releases the connection slot first, then closes: a close frame with its
+  code, a bounded flush (``CLOSE_GRACE``), and an abortive close (RST) if the client
+  will not take the bytes — so a stalled client's socket never lingers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+from collections import deque
+
+import trio
+from wsproto import WSConnection
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+from .errors import CorruptRecordError, ProtocolError
+from .frames import close_frame, message_frame, tick_frame
+from .service import Service
+from .stream import (
+    CLOSE_INTERNAL,
+    MAX_CLIENT_MESSAGE,
+    SlowConsumer,
+    StreamParams,
+    StreamSession,
+    client_reply,
+    too_big,
+)
+from .tick import EncodedTick
+
+__all__ = ["RawSession"]
+
+log = logging.getLogger("tickcast.ws")
+
+LIVE_BACKLOG = 256 * 1024  # outbox bytes beyond which a live client falls back to catch-up
+CATCH_UP_HIGH_WATER = 512 * 1024  # catch-up waits until the outbox is below this
+CLOSE_GRACE = 2.0  # seconds to flush the close frame before an abortive close
+RECV_BYTES = 65536
+
+
+class PeerGone(Exception):
+    """The client closed the connection or it broke."""
+
+
+class RawSession(StreamSession):
+    """A stream session writing frames directly to a non-blocking socket."""
+
+    def __init__(
+        self,
+        service: Service,
+        params: StreamParams,
+        *,
+        ip: str,
+        sock: socket.socket,
+        ws: WSConnection,
+        wbits: int,
+    ) -> None:
+        super().__init__(service, params, ip=ip)
+        self.sock = sock
+        self.ws = ws
+        self.wbits = wbits
+        self._out: deque[memoryview] = deque()
+        self._out_bytes = 0
+        self._wake = trio.Event()
+        self._scope = trio.CancelScope()
+        self._broken: BaseException | None = None
+        self._peer_closed = False
+        self._end: BaseException | None = None
+        self._metrics = service.metrics
+        self._heartbeat_s = service.config.heartbeat_s
+        self._next_heartbeat = trio.current_time() + self._heartbeat_s
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Queue ``data`` after what is pending, sending at once if nothing is."""
+        if self._broken is not None:
+            return
+        if not self._out:
+            try:
+                n = self.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                self._break(exc)
+                return
+            if n == len(data):
+                return
+            view = memoryview(data)[n:]
+        else:
+            view = memoryview(data)
+        self._out.append(view)
+        self._out_bytes += len(view)
+        self._wake.set()
+
+    def _break(self, exc: BaseException) -> None:
+        self._broken = exc
+        self._out.clear()
+        self._out_bytes = 0
+        self.live = False
+        self._wake.set()
+
+    def _send_pending(self) -> None:
+        out = self._out
+        try:
+            n = self.sock.sendmsg(list(out)[:64])
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._break(exc)
+            return
+        self._out_bytes -= n
+        while n:
+            head = out[0]
+            if n >= len(head):
+                n -= len(head)
+                out.popleft()
+            else:
+                out[0] = head[n:]
+                n = 0
+
+    async def _flush(self, low_water: int = 0) -> None:
+        """Wait until at most ``low_water`` bytes are pending.
+
+        Raises:
+            PeerGone: the connection broke.
+        """
+        while self._out_bytes > low_water:
+            await trio.lowlevel.wait_writable(self.sock)
+            self._send_pending()
+        if self._broken is not None:
+            raise PeerGone(str(self._broken))
+
+    async def send_message(self, payload: bytes) -> None:
+        self._write(message_frame(payload, self.wbits))
+        self._count(len(payload))
+        await self._flush(CATCH_UP_HIGH_WATER)
+
+    async def send_ticks(self, ticks: list[EncodedTick] | tuple[EncodedTick, ...]) -> None:  # type: ignore[override]
+        if self.params.batch > 1 and len(ticks) > 1:
+            await super().send_ticks(ticks)
+            return
+        fields, wbits = self.params.fields, self.wbits
+        for tick in ticks:
+            self._write(tick_frame(tick, fields, wbits))
+            self._count(len(tick.view(fields)))
+            self.sent_t = tick.t
+            await self._flush(CATCH_UP_HIGH_WATER)
+        self._maybe_heartbeat()
+
+    def _count(self, nbytes: int) -> None:
+        self._metrics.messages_sent += 1
+        self._metrics.bytes_sent += nbytes
+
+    def _maybe_heartbeat(self) -> None:
+        now = trio.current_time()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self._heartbeat_s
+            payload = self.heartbeat()
+            self._write(message_frame(payload, self.wbits))
+            self._count(len(payload))
+
+    # -- the hub's side ---------------------------------------------------------------
+
+    def deliver(self, tick: EncodedTick) -> bool:
+        if self._out_bytes > LIVE_BACKLOG or self._broken is not None:
+            return False
+        fields = self.params.fields
+        self._write(tick_frame(tick, fields, self.wbits))
+        self.next_t = tick.t + 1
+        self.sent_t = tick.t
+        self._metrics.messages_sent += 1
+        self._metrics.bytes_sent += len(tick.view(fields))
+        return True
+
+    def fell_behind(self) -> None:
+        self._wake.set()
+
+    def evict(self) -> None:
+        self.evicted = True
+        self._scope.cancel()
+
+    async def live_phase(self) -> None:
+        while True:
+            if self._out:
+                await self._flush()
+                continue
+            if self._broken is not None:
+                raise PeerGone(str(self._broken))
+            if not self.live:
+                return
+            with trio.move_on_at(self._next_heartbeat):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self._maybe_heartbeat()
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        """Answer pings and client messages until the client closes or errs.
+
+        Raises:
+            PeerGone: EOF, reset, or a close frame from the client.
+            ProtocolError: a message over 64 KiB (close 1009).
+        """
+        size = 0
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                data = self.sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise PeerGone(str(exc)) from None
+            if not data:
+                raise PeerGone("EOF")
+            self.ws.receive_data(data)
+            parts: list[bytes] = []
+            for event in self.ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    chunk = (
+                        event.data.encode() if isinstance(event.data, str) else bytes(event.data)
+                    )
+                    size += len(chunk)
+                    if size > MAX_CLIENT_MESSAGE:
+                        raise too_big(size)
+                    parts.append(chunk)
+                    if event.message_finished:
+                        reply = client_reply(b"".join(parts))
+                        parts.clear()
+                        size = 0
+                        self._write(message_frame(reply, self.wbits))
+                        self._count(len(reply))
+                elif isinstance(event, Ping):
+                    self._write(self.ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    self._peer_closed = True
+                    self._write(close_frame(event.code, ""))
+                    raise PeerGone(f"client closed ({event.code})")
+
+    async def _reader(self) -> None:
+        try:
+            await self._read_loop()
+        except (PeerGone, ProtocolError) as exc:
+            self._end = exc
+            self._scope.cancel()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run the session until it ends, then close the connection (see invariants).
+
+        On cancellation (server shutdown) the client gets close 1001.
+        """
+        service = self.service
+        service.metrics.connections_total += 1
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader)
+                    try:
+                        await self.run()
+                    except (SlowConsumer, PeerGone, CorruptRecordError) as exc:
+                        self._end = exc
+                    nursery.cancel_scope.cancel()
+        finally:
+            service.hub.discard(self)
+            service.limits.release(self.ip)
+            if self._scope.cancelled_caught and self.evicted:
+                service.hub.evicted += 0  # counted by the hub when it evicted
+            with trio.CancelScope(shield=True):
+                await self._close()
+
+    async def _close(self) -> None:
+        end = self._end
+        if isinstance(end, CorruptRecordError):
+            code, reason = CLOSE_INTERNAL, "history unreadable: corrupt record"
+        else:
+            code, reason = self.close_reason(end)
+        sock = self.sock
+        clean = False
+        with trio.move_on_after(CLOSE_GRACE):
+            if not isinstance(end, PeerGone) or self._peer_closed:
+                if not self._peer_closed:
+                    self._write(close_frame(code, reason))
+                await self._flush_quietly()
+                if self._broken is None and not self._out:
+                    sock.shutdown(socket.SHUT_WR)
+                    await self._drain_input()
+                    clean = True
+        if not clean:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(PeerGone):
+            await self._flush()
+
+    async def _drain_input(self) -> None:
+        """Read until the client closes its side (so our close does not reset it)."""
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                if not self.sock.recv(RECV_BYTES):
+                    return
+            except BlockingIOError:
+                continue
+            except OSError:
+                return

@@ -1,0 +1,217 @@
+"""Shared fixtures: a real tickcast on an ephemeral port, real clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from tickcast.config import Config
+from tickcast.server import serve
+from tickcast.service import Service
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@dataclass
+class Running:
+    """A tickcast served in this process."""
+
+    port: int
+    service: Service
+    config: Config
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ws_url(self, query: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/stream{query}"
+
+    async def get(self, path: str) -> httpx.Response:
+        async with httpx.AsyncClient() as client:
+            return await client.get(self.url(path))
+
+    async def wait_for_t(self, t: int) -> None:
+        """Wait until tick ``t`` has been published."""
+        await self.service.wait_for_t(t)
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    base = Config(
+        port=0,
+        data_dir=tmp_path / "segments",
+        rate=100.0,
+        seed=7,
+        agents=20,
+        ring_size=2000,
+        heartbeat_s=30.0,
+    )
+    return replace(base, **overrides)
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Running]:
+    """Serve ``config`` until the block ends, then stop it cleanly."""
+    stop = trio.Event()
+    service = await Service.open(config)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            partial(serve, config, service=service, shutdown_trigger=stop.wait)
+        )
+        try:
+            yield Running(port, service, config)
+        finally:
+            stop.set()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Running]:
+    async with running(make_config(tmp_path)) as srv:
+        await srv.wait_for_t(0)
+        yield srv
+
+
+async def recv_json(ws: WebSocketConnection) -> dict[str, Any]:
+    msg = orjson.loads(await ws.get_message())
+    assert isinstance(msg, dict)
+    return msg
+
+
+async def next_tick(ws: WebSocketConnection) -> dict[str, Any]:
+    """The next tick message, skipping heartbeats."""
+    while True:
+        msg = await recv_json(ws)
+        if msg["type"] != "heartbeat":
+            return msg
+
+
+async def collect_ticks(ws: WebSocketConnection, n: int) -> list[dict[str, Any]]:
+    """Read messages until ``n`` ticks arrived (batches unpacked, heartbeats skipped)."""
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        msg = await recv_json(ws)
+        if msg["type"] == "tick":
+            out.append(msg)
+        elif msg["type"] == "batch":
+            out.extend(msg["ticks"])
+        else:
+            assert msg["type"] == "heartbeat", msg
+    return out
+
+
+@asynccontextmanager
+async def ws_connect(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+    """``open_websocket_url`` that always closes its socket.
+
+    trio-websocket 0.12's client, when the server closes first, reads EOF and stops
+    without closing its TCP stream (``_reader_task``: ``if len(data) == 0 ... break``),
+    which ``filterwarnings=error`` turns into a ResourceWarning failure.
+    """
+    opened: list[WebSocketConnection] = []
+    try:
+        async with open_websocket_url(url, **kwargs) as ws:
+            opened.append(ws)
+            yield ws
+    finally:
+        for ws in opened:
+            with trio.CancelScope(shield=True):
+                await ws._stream.aclose()
+
+
+# -- subprocess servers ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ws_url(self, query: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/stream{query}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early with {proc.returncode}")
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0)
+            if r.status_code in (200, 503) and r.json().get("latest_t") is not None:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("server did not become ready")
+
+
+@contextmanager
+def tickcast_process(
+    tmp_path: Path,
+    *args: str,
+    data_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    name: str = "server",
+) -> Iterator[Proc]:
+    """``tickcast serve`` as a subprocess; killed at the end if still running."""
+    port = free_port()
+    data = data_dir or tmp_path / "segments"
+    log = tmp_path / f"{name}-{port}.log"
+    cmd = [
+        PYTHON,
+        "-m",
+        "tickcast.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        "--rate",
+        "50",
+        "--seed",
+        "3",
+        *args,
+    ]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TICKCAST_")}
+    full_env.update(env or {})
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path
+        )
+    try:
+        wait_ready(port, proc)
+        yield Proc(proc, port, data, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()

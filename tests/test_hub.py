@@ -1,0 +1,278 @@
+"""Tests for the hub's fan-out and slow-consumer policy (synchronous, with a fake)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tickcast.hub import Hub, Subscriber
+from tickcast.tick import EncodedTick
+
+TS0 = 1_732_450_000.0
+
+
+def tick(t: int) -> EncodedTick:
+    return EncodedTick.from_dict({"type": "tick", "t": t, "ts": TS0 + t, "s": {"p": 1.0}})
+
+
+class FakeSub(Subscriber):
+    """A subscriber with a list-backed buffer of ``capacity`` ticks."""
+
+    def __init__(self, *, ip: str = "1.1.1.1", capacity: int = 100, next_t: int = 0) -> None:
+        self.ip = ip
+        self.capacity = capacity
+        self.next_t = next_t
+        self.live = True
+        self.buffer: list[EncodedTick] = []
+        self.fell_behind_calls = 0
+        self.evict_calls = 0
+
+    def deliver(self, tick: EncodedTick) -> bool:
+        if len(self.buffer) >= self.capacity:
+            return False
+        self.buffer.append(tick)
+        self.next_t = tick.t + 1
+        return True
+
+    def fell_behind(self) -> None:
+        self.fell_behind_calls += 1
+
+    def evict(self) -> None:
+        self.evict_calls += 1
+
+    def got(self) -> list[int]:
+        return [x.t for x in self.buffer]
+
+
+def publish(hub: Hub, first_t: int, count: int) -> list[EncodedTick]:
+    ticks = [tick(t) for t in range(first_t, first_t + count)]
+    for x in ticks:
+        hub.publish(x)
+    return ticks
+
+
+def test_base_subscriber_must_be_subclassed() -> None:
+    base = Subscriber()
+    with pytest.raises(NotImplementedError):
+        base.deliver(tick(0))
+    with pytest.raises(NotImplementedError):
+        base.evict()
+    base.fell_behind()  # a no-op by default
+
+
+def test_empty_hub() -> None:
+    hub = Hub(lag_limit=10)
+    assert len(hub) == 0
+    assert hub.latest is None
+    assert hub.subscribers() == []
+    x = tick(0)
+    hub.publish(x)
+    assert hub.latest is x
+    assert hub.published == 1
+
+
+def test_publish_delivers_to_live_subs_in_order() -> None:
+    hub = Hub(lag_limit=10)
+    a, b = FakeSub(ip="1.1.1.1"), FakeSub(ip="2.2.2.2")
+    hub.add(a)
+    hub.add(b)
+    ticks = publish(hub, 0, 5)
+    assert a.got() == b.got() == [0, 1, 2, 3, 4]
+    # The very objects published, not copies.
+    assert all(x is y for x, y in zip(a.buffer, ticks, strict=True))
+    assert a.next_t == b.next_t == 5
+    assert hub.published == 5
+    assert hub.latest is ticks[-1]
+    assert (hub.fell_behind, hub.evicted) == (0, 0)
+
+
+def test_full_sub_becomes_not_live_and_fell_behind_is_called_once() -> None:
+    hub = Hub(lag_limit=100)
+    slow = FakeSub(capacity=2)
+    fast = FakeSub(ip="2.2.2.2")
+    hub.add(slow)
+    hub.add(fast)
+    publish(hub, 0, 6)
+    assert slow.live is False
+    assert slow.fell_behind_calls == 1
+    assert hub.fell_behind == 1
+    assert slow.got() == [0, 1]
+    assert slow.next_t == 2  # where its catch-up resumes
+    # The slow subscriber never delays or starves the others.
+    assert fast.live is True
+    assert fast.got() == [0, 1, 2, 3, 4, 5]
+    assert slow.evict_calls == 0
+    assert slow in hub.subscribers()
+
+
+def test_not_live_sub_is_not_delivered_to() -> None:
+    hub = Hub(lag_limit=100)
+    sub = FakeSub(capacity=10)
+    sub.live = False
+    sub.next_t = 0
+    hub.add(sub)
+    publish(hub, 0, 5)
+    assert sub.buffer == []
+    assert sub.fell_behind_calls == 0
+    assert hub.fell_behind == 0
+
+
+def test_sub_can_rejoin_after_catching_up() -> None:
+    hub = Hub(lag_limit=100)
+    sub = FakeSub(capacity=1)
+    hub.add(sub)
+    publish(hub, 0, 3)  # takes 0, refuses 1
+    assert (sub.live, sub.next_t) == (False, 1)
+    # The connection drains its buffer and catches up from history (1, 2) ...
+    sub.buffer.clear()
+    sub.next_t = 3
+    sub.live = True
+    publish(hub, 3, 1)
+    assert sub.got() == [3]
+    assert sub.fell_behind_calls == 1
+    publish(hub, 4, 1)  # full again
+    assert sub.fell_behind_calls == 2
+    assert hub.fell_behind == 2
+
+
+def test_lagging_past_the_limit_is_evicted() -> None:
+    lag_limit = 3
+    hub = Hub(lag_limit=lag_limit)
+    sub = FakeSub(capacity=0)  # refuses everything: next_t stays 0
+    other = FakeSub(ip="2.2.2.2")
+    hub.add(sub)
+    hub.add(other)
+    # t=0: deliver refused, sub stops being live (not evicted on the same tick).
+    publish(hub, 0, 1)
+    assert sub.live is False
+    # t=1, t=2: lag (t - next_t + 1) is 2, then 3 == lag_limit: kept.
+    publish(hub, 1, 2)
+    assert sub.evict_calls == 0
+    assert sub in hub.subscribers()
+    assert hub.evicted == 0
+    # t=3: lag 4 > lag_limit: evicted.
+    publish(hub, 3, 1)
+    assert sub.evict_calls == 1
+    assert sub not in hub.subscribers()
+    assert len(hub) == 1
+    assert hub.evicted == 1
+    assert hub.per_ip == {"2.2.2.2": 1}
+    # Gone for good: later ticks do not evict it again.
+    publish(hub, 4, 3)
+    assert sub.evict_calls == 1
+    assert hub.evicted == 1
+    assert other.got() == list(range(7))
+
+
+@pytest.mark.parametrize(
+    ("lag_limit", "next_t", "t", "evicted"),
+    [
+        (5, 10, 14, False),  # lag 5 == limit
+        (5, 10, 15, True),  # lag 6 > limit
+        (1, 10, 10, False),  # lag 1 == limit
+        (1, 10, 11, True),  # lag 2 > limit
+        (5, 10, 3, False),  # behind next_t: no lag at all
+    ],
+)
+def test_lag_boundary(lag_limit: int, next_t: int, t: int, evicted: bool) -> None:
+    hub = Hub(lag_limit=lag_limit)
+    sub = FakeSub(next_t=next_t)
+    sub.live = False
+    hub.add(sub)
+    hub.publish(tick(t))
+    assert (sub.evict_calls == 1) is evicted
+    assert (sub in hub.subscribers()) is not evicted
+    assert hub.evicted == int(evicted)
+
+
+def test_live_sub_is_never_evicted_for_lag() -> None:
+    # Eviction applies to subscribers that are not live; a live one is delivered to.
+    hub = Hub(lag_limit=1)
+    sub = FakeSub(next_t=0)
+    hub.add(sub)
+    hub.publish(tick(50))
+    assert sub.evict_calls == 0
+    assert sub.got() == [50]
+
+
+def test_ticks_before_next_t_are_skipped_for_live_subs() -> None:
+    hub = Hub(lag_limit=100)
+    future = FakeSub(next_t=5)  # asked for from_t=5 beyond the latest tick
+    now = FakeSub(ip="2.2.2.2", next_t=0)
+    hub.add(future)
+    hub.add(now)
+    publish(hub, 0, 8)
+    assert future.got() == [5, 6, 7]
+    assert now.got() == list(range(8))
+    assert future.fell_behind_calls == 0
+    assert hub.fell_behind == 0
+
+
+def test_skipped_ticks_do_not_count_as_refusals() -> None:
+    # A full subscriber is not asked (and cannot refuse) a tick it already has.
+    hub = Hub(lag_limit=100)
+    sub = FakeSub(next_t=3, capacity=0)
+    hub.add(sub)
+    publish(hub, 0, 3)
+    assert sub.live is True
+    assert sub.fell_behind_calls == 0
+    hub.publish(tick(3))
+    assert sub.live is False
+    assert sub.fell_behind_calls == 1
+
+
+def test_per_ip_counts_after_add_and_discard() -> None:
+    hub = Hub(lag_limit=10)
+    a1, a2, b = FakeSub(ip="1.1.1.1"), FakeSub(ip="1.1.1.1"), FakeSub(ip="2.2.2.2")
+    for s in (a1, a2, b):
+        hub.add(s)
+    assert len(hub) == 3
+    assert hub.per_ip == {"1.1.1.1": 2, "2.2.2.2": 1}
+    hub.discard(a1)
+    assert hub.per_ip == {"1.1.1.1": 1, "2.2.2.2": 1}
+    hub.discard(b)
+    assert hub.per_ip == {"1.1.1.1": 1}
+    assert "2.2.2.2" not in hub.per_ip
+    assert len(hub) == 1
+    assert hub.subscribers() == [a2]
+
+
+def test_discard_is_idempotent() -> None:
+    hub = Hub(lag_limit=10)
+    a = FakeSub(ip="1.1.1.1")
+    hub.add(a)
+    hub.discard(a)
+    hub.discard(a)
+    hub.discard(FakeSub(ip="1.1.1.1"))  # never added
+    assert len(hub) == 0
+    assert hub.per_ip == {}
+
+
+def test_discarded_sub_gets_nothing() -> None:
+    hub = Hub(lag_limit=10)
+    a, b = FakeSub(), FakeSub(ip="2.2.2.2")
+    hub.add(a)
+    hub.add(b)
+    publish(hub, 0, 2)
+    hub.discard(a)
+    publish(hub, 2, 2)
+    assert a.got() == [0, 1]
+    assert b.got() == [0, 1, 2, 3]
+
+
+def test_subscriber_may_leave_during_publish() -> None:
+    # deliver() of one subscriber can end another connection (the set is copied).
+    hub = Hub(lag_limit=10)
+    victim = FakeSub(ip="2.2.2.2")
+
+    class Remover(FakeSub):
+        def deliver(self, tick: EncodedTick) -> bool:
+            hub.discard(victim)
+            return super().deliver(tick)
+
+    remover = Remover()
+    hub.add(remover)
+    hub.add(victim)
+    hub.publish(tick(0))
+    assert remover.got() == [0]
+    assert victim not in hub.subscribers()
+    assert hub.per_ip == {"1.1.1.1": 1}

@@ -1,0 +1,147 @@
+"""Tests for ``/ws/stream`` query parameters and client-message replies (synchronous)."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from tickcast.stream import BadParam, StreamParams, client_reply, parse_stream_params
+
+# -- parse_stream_params --------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    p = parse_stream_params({})
+    assert p == StreamParams(from_t=None, fields=None, batch=1)
+    assert (p.from_t, p.fields, p.batch) == (None, None, 1)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("0", 0), ("12", 12), ("123456789", 123456789)])
+def test_from_t(raw: str, value: int) -> None:
+    p = parse_stream_params({"from_t": raw})
+    assert p.from_t == value
+    assert (p.fields, p.batch) == (None, 1)
+
+
+@pytest.mark.parametrize("raw", ["-1", "x", "1.5", "", "0x10", "1e3"])
+def test_bad_from_t(raw: str) -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"from_t": raw})
+    assert info.value.param == "from_t"
+    assert info.value.detail
+    assert "from_t" in str(info.value)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", 1), ("2", 2), ("1000", 1000)])
+def test_batch(raw: str, value: int) -> None:
+    assert parse_stream_params({"batch": raw}).batch == value
+
+
+@pytest.mark.parametrize("raw", ["0", "1001", "x", "-5", "2.0", ""])
+def test_bad_batch(raw: str) -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"batch": raw})
+    assert info.value.param == "batch"
+    assert "batch" in str(info.value)
+
+
+def test_bad_batch_detail_gives_the_range() -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"batch": "1001"})
+    assert "1..1000" in info.value.detail
+
+
+def test_fields() -> None:
+    assert parse_stream_params({"fields": "s"}).fields == ("s",)
+    assert parse_stream_params({"fields": "agents,s"}).fields == ("s", "agents")
+    assert parse_stream_params({"fields": "s,agents,actions,matches"}).fields is None
+
+
+@pytest.mark.parametrize("raw", ["s,zzz", "zzz", "", "s,"])
+def test_bad_fields(raw: str) -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"fields": raw})
+    assert info.value.param == "fields"
+    assert info.value.detail
+
+
+def test_bad_fields_detail_names_the_field() -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"fields": "s,zzz"})
+    assert "zzz" in info.value.detail
+
+
+def test_all_params_together() -> None:
+    p = parse_stream_params({"from_t": "7", "fields": "matches", "batch": "50"})
+    assert p == StreamParams(from_t=7, fields=("matches",), batch=50)
+
+
+def test_bad_param_is_a_value_error() -> None:
+    # Callers that only know ValueError still catch it.
+    with pytest.raises(ValueError):
+        parse_stream_params({"batch": "0"})
+
+
+def test_unknown_params_are_ignored() -> None:
+    assert parse_stream_params({"token": "abc"}) == StreamParams()
+
+
+# -- client_reply ---------------------------------------------------------------------
+
+
+def test_ping_with_id_gets_pong_with_id() -> None:
+    before = time.time()
+    reply = orjson.loads(client_reply(b'{"type":"ping","id":5}'))
+    after = time.time()
+    assert reply["type"] == "pong"
+    assert reply["id"] == 5
+    assert isinstance(reply["ts"], float)
+    assert before - 1e-6 <= reply["ts"] <= after + 1e-6
+    assert set(reply) == {"type", "ts", "id"}
+
+
+def test_ping_id_is_echoed_as_is() -> None:
+    reply = orjson.loads(client_reply('{"type":"ping","id":"abc-1"}'))
+    assert reply["id"] == "abc-1"
+    reply = orjson.loads(client_reply('{"type":"ping","id":{"n":[1,2]}}'))
+    assert reply["id"] == {"n": [1, 2]}
+
+
+def test_ping_without_id_has_no_id() -> None:
+    reply = orjson.loads(client_reply(b'{"type":"ping"}'))
+    assert reply["type"] == "pong"
+    assert "id" not in reply
+    assert isinstance(reply["ts"], float)
+
+
+def test_accepts_str() -> None:
+    assert orjson.loads(client_reply('{"type":"ping"}'))["type"] == "pong"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[1]",
+        b'{"type":"subscribe"}',
+        b"{}",
+        b'"ping"',
+        b"null",
+        b"",
+        b"\xff\xfe",
+        '{"type":"PING"}',
+    ],
+)
+def test_bad_message(data: bytes | str) -> None:
+    reply = orjson.loads(client_reply(data))
+    assert reply["type"] == "error"
+    assert reply["code"] == "bad_message"
+    assert isinstance(reply["detail"], str)
+    assert reply["detail"]
+
+
+def test_unknown_type_is_named_in_the_detail() -> None:
+    reply = orjson.loads(client_reply(b'{"type":"subscribe"}'))
+    assert "subscribe" in reply["detail"]
