@@ -139,6 +139,14 @@ class FrontDoor:
         self.context = WorkerContext(None)
 
     async def handle(self, sock: socket.socket, peer: str) -> None:
+        """Serve one connection; its failure is logged and never reaches the listener."""
+        try:
+            await self._handle(sock, peer)
+        except Exception:
+            log.exception("connection from %s failed", peer)
+            sock.close()
+
+    async def _handle(self, sock: socket.socket, peer: str) -> None:
         try:
             head = await _read_head(sock)
             if head and _is_stream_upgrade(head):

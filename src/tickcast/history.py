@@ -40,8 +40,9 @@ class History:
         self._fsync = fsync
         self._send, self._receive = trio.open_memory_channel[EncodedTick](WRITE_QUEUE)
         self._readers = trio.CapacityLimiter(READ_THREADS)
-        self._durable_t = store.latest_t if store.latest_t is not None else -1
-        self._durable_changed = trio.Event()
+        # The last t the store has taken (fsynced too, with fsync=always).
+        self._written_t = store.latest_t if store.latest_t is not None else -1
+        self._written_changed = trio.Event()
         self.published_t: int | None = ring.latest_t
         self.failure: str | None = None
 
@@ -111,20 +112,27 @@ class History:
         """Put ``tick`` in the ring and queue it for the writer.
 
         Waits (backpressure on the source) while the writer is ``WRITE_QUEUE`` ticks
-        behind; with ``fsync=always`` also waits until the tick is fsynced.
+        behind, or while appending would push an unwritten tick out of the ring; with
+        ``fsync=always`` also waits until the tick is fsynced.
 
         Raises:
             StoreError: the writer has failed (see :attr:`failure`).
         """
-        if self.failure is not None:
-            raise StoreError(f"writer failed: {self.failure}")
+        # The ring must never drop a tick the writer has not written yet, or that tick
+        # would be readable from neither: wait until the one it evicts is on disk.
+        await self._wait_written(tick.t - self.ring.capacity)
         self.ring.append(tick)
         await self._send.send(tick)
         if self._fsync == "always":
-            while self._durable_t < tick.t:
-                if self.failure is not None:
-                    raise StoreError(f"writer failed: {self.failure}")
-                await self._durable_changed.wait()
+            await self._wait_written(tick.t)
+
+    async def _wait_written(self, t: int) -> None:
+        while self._written_t < t:
+            if self.failure is not None:
+                raise StoreError(f"writer failed: {self.failure}")
+            await self._written_changed.wait()
+        if self.failure is not None:
+            raise StoreError(f"writer failed: {self.failure}")
 
     def mark_published(self, t: int) -> None:
         self.published_t = t
@@ -144,7 +152,7 @@ class History:
                 with trio.move_on_after(1.0) as idle:
                     first = await self._receive.receive()
                 if idle.cancelled_caught:
-                    await trio.to_thread.run_sync(self.store.sync)
+                    await trio.to_thread.run_sync(self._idle_upkeep)
                     continue
                 await self._write([first, *self._drain()])
         except StoreError as exc:
@@ -161,6 +169,11 @@ class History:
                 except (StoreError, OSError) as exc:
                     self._fail(f"{type(exc).__name__}: {exc}")
 
+    def _idle_upkeep(self) -> None:
+        """Runs in a worker thread when no tick came for a second."""
+        self.store.sync()  # fsync=interval must not leave the last ticks unsynced
+        self.store.enforce_retention()  # retain_s ages segments even without rollovers
+
     def _drain(self) -> list[EncodedTick]:
         out = []
         while True:
@@ -172,14 +185,14 @@ class History:
     async def _write(self, batch: list[EncodedTick]) -> None:
         records = [(tick.t, tick.raw) for tick in batch]
         await trio.to_thread.run_sync(self.store.append, records)
-        self._durable_t = batch[-1].t
-        self._durable_changed.set()
-        self._durable_changed = trio.Event()
+        self._written_t = batch[-1].t
+        self._written_changed.set()
+        self._written_changed = trio.Event()
 
     def _fail(self, reason: str) -> None:
         log.error("segment writer failed: %s", reason)
         self.failure = reason
-        self._durable_changed.set()
+        self._written_changed.set()
 
     # -- reading ----------------------------------------------------------------------
 

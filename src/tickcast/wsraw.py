@@ -22,6 +22,7 @@ import logging
 import socket
 import struct
 from collections import deque
+from collections.abc import Sequence
 
 import trio
 from wsproto import WSConnection
@@ -39,14 +40,14 @@ from .stream import (
     client_reply,
     too_big,
 )
-from .tick import EncodedTick
+from .tick import EncodedTick, batch_message
 
 __all__ = ["RawSession"]
 
 log = logging.getLogger("tickcast.ws")
 
 LIVE_BACKLOG = 256 * 1024  # outbox bytes beyond which a live client falls back to catch-up
-CATCH_UP_HIGH_WATER = 512 * 1024  # catch-up waits until the outbox is below this
+CATCH_UP_HIGH_WATER = 128 * 1024  # catch-up waits until the outbox is below this (< LIVE_BACKLOG)
 CLOSE_GRACE = 2.0  # seconds to flush the close frame before an abortive close
 RECV_BYTES = 65536
 
@@ -67,8 +68,13 @@ class RawSession(StreamSession):
         sock: socket.socket,
         ws: WSConnection,
         wbits: int,
+        # Backpressure
+        live_backlog: int = LIVE_BACKLOG,
+        high_water: int = CATCH_UP_HIGH_WATER,
     ) -> None:
         super().__init__(service, params, ip=ip)
+        self._live_backlog = live_backlog
+        self._high_water = high_water
         self.sock = sock
         self.ws = ws
         self.wbits = wbits
@@ -147,18 +153,27 @@ class RawSession(StreamSession):
     async def send_message(self, payload: bytes) -> None:
         self._write(message_frame(payload, self.wbits))
         self._count(len(payload))
-        await self._flush(CATCH_UP_HIGH_WATER)
+        await self._flush(self._high_water)
 
-    async def send_ticks(self, ticks: list[EncodedTick] | tuple[EncodedTick, ...]) -> None:  # type: ignore[override]
-        if self.params.batch > 1 and len(ticks) > 1:
-            await super().send_ticks(ticks)
-            return
-        fields, wbits = self.params.fields, self.wbits
-        for tick in ticks:
-            self._write(tick_frame(tick, fields, wbits))
-            self._count(len(tick.view(fields)))
-            self.sent_t = tick.t
-            await self._flush(CATCH_UP_HIGH_WATER)
+    async def send_ticks(self, ticks: Sequence[EncodedTick]) -> None:
+        """Queue each message, record it as sent, then wait on backpressure.
+
+        ``sent_t`` moves when the frame enters the outbox: everything in the outbox
+        reaches the client before any close frame, so a 4008 reason is exact even
+        when the eviction lands while this waits.
+        """
+        fields, wbits, size = self.params.fields, self.wbits, self.params.batch
+        for i in range(0, len(ticks), size):
+            group = ticks[i : i + size]
+            if len(group) == 1:
+                self._write(tick_frame(group[0], fields, wbits))
+                self._count(len(group[0].view(fields)))
+            else:
+                payload = batch_message(t.view(fields) for t in group)
+                self._write(message_frame(payload, wbits))
+                self._count(len(payload))
+            self.sent_t = group[-1].t
+            await self._flush(self._high_water)
         self._maybe_heartbeat()
 
     def _count(self, nbytes: int) -> None:
@@ -176,7 +191,7 @@ class RawSession(StreamSession):
     # -- the hub's side ---------------------------------------------------------------
 
     def deliver(self, tick: EncodedTick) -> bool:
-        if self._out_bytes > LIVE_BACKLOG or self._broken is not None:
+        if self._out_bytes > self._live_backlog or self._broken is not None:
             return False
         fields = self.params.fields
         self._write(tick_frame(tick, fields, self.wbits))
@@ -279,8 +294,6 @@ class RawSession(StreamSession):
         finally:
             service.hub.discard(self)
             service.limits.release(self.ip)
-            if self._scope.cancelled_caught and self.evicted:
-                service.hub.evicted += 0  # counted by the hub when it evicted
             with trio.CancelScope(shield=True):
                 await self._close()
 
@@ -298,11 +311,16 @@ class RawSession(StreamSession):
                     self._write(close_frame(code, reason))
                 await self._flush_quietly()
                 if self._broken is None and not self._out:
-                    sock.shutdown(socket.SHUT_WR)
-                    await self._drain_input()
-                    clean = True
+                    try:
+                        sock.shutdown(socket.SHUT_WR)
+                    except OSError:  # the peer is already gone (ENOTCONN)
+                        pass
+                    else:
+                        await self._drain_input()
+                        clean = True
         if not clean:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
 
     async def _flush_quietly(self) -> None:

@@ -371,6 +371,7 @@ class SegmentStore:
             CorruptRecordError: a record in the range failed a check. It is
                 logged and listed in :attr:`corruption`; the records before
                 ``exc.t`` can still be read with a smaller ``limit``.
+            StoreError: an I/O error (e.g. out of file descriptors).
             ValueError: a negative ``limit``.
         """
         if limit < 0:
@@ -396,6 +397,8 @@ class SegmentStore:
             except CorruptRecordError as exc:
                 self._report(str(exc))
                 raise
+            except OSError as exc:
+                raise StoreError(f"read at t={t} failed: {exc}") from exc
         raise StoreError(f"read from t={from_t} kept losing segments to retention")
 
     def tail(self, n: int) -> list[bytes]:
