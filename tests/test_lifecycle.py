@@ -207,22 +207,20 @@ async def test_env_settings_apply(tmp_path: Path) -> None:
 
 async def test_port_zero_logs_the_port(tmp_path: Path) -> None:
     log = tmp_path / "out.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "tickcast.cli",
-                "serve",
-                "--port",
-                "0",
-                "--data-dir",
-                str(tmp_path / "d"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+    proc = launch(
+        [
+            PYTHON,
+            "-m",
+            "tickcast.cli",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        log,
+        cwd=tmp_path,
+    )
     try:
         with trio.fail_after(20):
             while "listening on http://127.0.0.1:" not in log.read_text():
@@ -242,25 +240,23 @@ async def test_stock_hypercorn_deployment(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKCAST_")}
     env.update({"TICKCAST_DATA_DIR": str(data), "TICKCAST_RATE": "50", "TICKCAST_SEED": "1"})
     log = tmp_path / "hypercorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "hypercorn",
-                "--worker-class",
-                "trio",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--graceful-timeout",
-                "1",
-                "tickcast.asgi:app",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
+    proc = launch(
+        [
+            PYTHON,
+            "-m",
+            "hypercorn",
+            "--worker-class",
+            "trio",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--graceful-timeout",
+            "1",
+            "tickcast.asgi:app",
+        ],
+        log,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         wait_ready(port, proc)
         received: list[int] = []
