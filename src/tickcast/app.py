@@ -233,11 +233,12 @@ def create_app() -> QuartTrio:
         refusal = service.limits.acquire(ip)
         if refusal is not None:
             return error_response(429, "too_many_connections", refusal)
+        session = AsgiSession(service, params, ip=ip)
         try:
             await websocket.accept()
-            await AsgiSession(service, params, ip=ip).serve()
+            await session.serve()
         finally:
-            service.limits.release(ip)
+            session.release()
         return None
 
     register_ingest(app, _service)
@@ -268,6 +269,7 @@ class AsgiSession(StreamSession):
 
     def evict(self) -> None:
         self.evicted = True
+        self.release()
         self._scope.cancel()
 
     async def live_phase(self) -> None:

@@ -211,7 +211,7 @@ class FrontDoor:
             if session is None:
                 service.limits.release(ip)
                 sock.close()
-        await session.serve()
+        await session.serve()  # releases the slot itself
 
 
 async def _accept_loop(

@@ -7,9 +7,12 @@ Invariants (the slow-consumer policy, see docs/protocol.md):
   the tick (into its bounded buffer, or straight onto the socket) or returns
   False. A subscriber that returns False stops being live; its connection later
   catches up from history at its own ``next_t`` and rejoins.
-* A subscriber that is not live and lags by more than ``lag_limit`` ticks
-  (``published t - next_t + 1 > lag_limit``) is evicted: its connection closes with
-  4008 and the reason names the ``from_t`` to resume with.
+* A subscriber that is not live and lags by more than ``lag_limit`` ticks beyond its
+  ``allowance`` (``published t - next_t + 1 > lag_limit + allowance``) is evicted: its
+  connection closes with 4008 and the reason names the ``from_t`` to resume with. The
+  allowance is 0 for a client that has been live; a client replaying from an old
+  ``from_t`` gets the smallest lag it has had so far, so a resume is never refused for
+  being far back, only for falling further behind.
 * Ticks older than a subscriber's ``next_t`` are skipped, so a client that asked
   for a future ``from_t`` starts exactly there.
 
@@ -32,12 +35,14 @@ class Subscriber:
     Attributes:
         next_t: the next ``t`` this client has not yet been given.
         live: True while the hub delivers ticks to it directly.
+        allowance: extra lag tolerated while replaying (see the module invariants).
         ip: the client address its connection slot is counted against.
     """
 
     next_t: int = 0
     live: bool = False
     ip: str = ""
+    allowance: int = 0
 
     def deliver(self, tick: EncodedTick) -> bool:
         """Take ``tick`` (``tick.t == next_t``) without blocking; False when full."""
@@ -96,7 +101,7 @@ class Hub:
                 sub.live = False
                 self.fell_behind += 1
                 sub.fell_behind()
-            elif t - sub.next_t + 1 > limit:
+            elif t - sub.next_t + 1 > limit + sub.allowance:
                 self.evicted += 1
                 self.discard(sub)
                 sub.evict()

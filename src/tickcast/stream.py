@@ -138,6 +138,17 @@ class StreamSession(Subscriber):
         self.next_t = 0
         self.sent_t = -1  # the last t whose message the transport has taken
         self.evicted = False
+        self._holds_slot = True  # the caller acquired a limits slot for ``ip``
+
+    def release(self) -> None:
+        """Give back the connection slot and leave the hub (idempotent, never blocks).
+
+        Called on eviction itself, so a 4008 frees the slot before the close completes.
+        """
+        self.service.hub.discard(self)
+        if self._holds_slot:
+            self._holds_slot = False
+            self.service.limits.release(self.ip)
 
     # -- what transports provide ----------------------------------------------------
 
@@ -203,17 +214,23 @@ class StreamSession(Subscriber):
         """
         history = self.service.history
         hub = self.service.hub
-        await self.send_message(self.hello())
+        # Decide the start and build the hello in one step (no await between), so the
+        # hello's oldest_t / latest_t / truncated describe exactly what follows.
+        hello = self.hello()
         from_t = self.params.from_t
+        first: EncodedTick | None = None
         if from_t is None:
-            latest = history.latest()
-            self.next_t = history.next_t if latest is None else latest.t + 1
-            if latest is not None:
-                await self.send_ticks([latest])
+            first = history.latest()
+            self.next_t = history.next_t if first is None else first.t + 1
         else:
             oldest = history.oldest_t
             self.next_t = from_t if oldest is None else max(from_t, oldest)
+        await self.send_message(hello)
+        if first is not None:
+            await self.send_ticks([first])
         self.sent_t = self.next_t - 1
+        latest = history.latest_t
+        self.allowance = 0 if latest is None else max(0, latest - self.next_t + 1)
         hub.add(self)
         try:
             while True:
@@ -229,10 +246,13 @@ class StreamSession(Subscriber):
         while True:
             latest = history.latest_t
             if latest is None or self.next_t > latest:
+                self.allowance = 0
                 self.live = True
                 return
-            if latest - self.next_t + 1 > limit:
+            lag = latest - self.next_t + 1
+            if lag > limit + self.allowance:
                 raise SlowConsumer(self.sent_t + 1)
+            self.allowance = min(self.allowance, lag)
             ticks = await history.read(self.next_t, max(CATCH_UP_CHUNK, self.params.batch))
             if not ticks or ticks[0].t != self.next_t:
                 # Retention removed what this client still needed: it must resume.

@@ -206,6 +206,7 @@ class RawSession(StreamSession):
 
     def evict(self) -> None:
         self.evicted = True
+        self.release()
         self._scope.cancel()
 
     async def live_phase(self) -> None:
@@ -292,8 +293,7 @@ class RawSession(StreamSession):
                         self._end = exc
                     nursery.cancel_scope.cancel()
         finally:
-            service.hub.discard(self)
-            service.limits.release(self.ip)
+            self.release()
             with trio.CancelScope(shield=True):
                 await self._close()
 
