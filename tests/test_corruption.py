@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from trio_websocket import ConnectionClosed
+
 from conftest import Running, collect_ticks, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
-from trio_websocket import ConnectionClosed
 
 
 def flip_byte_of_record(data_dir: Path, t: int) -> tuple[Path, int]:
