@@ -228,3 +228,23 @@ def test_ring_holds_the_encoded_bytes() -> None:
     got = ring.get(1)
     assert got is not None
     assert orjson.loads(got.raw)["t"] == 1
+
+
+def test_caches_of_aged_ticks_are_dropped() -> None:
+    from tickcast.frames import tick_frame
+    from tickcast.ring import CACHE_TICKS
+
+    ring = Ring(CACHE_TICKS * 2)
+    ticks = []
+    for t in range(CACHE_TICKS + 2):
+        tick = EncodedTick.from_dict(
+            {"type": "tick", "t": t, "ts": 1.0, "s": {}, "agents": [], "actions": [], "matches": []}
+        )
+        frame = tick_frame(tick, None, 0)
+        assert tick_frame(tick, None, 0) is frame  # cached while young
+        ring.append(tick)
+        ticks.append(tick)
+    assert ticks[0]._frames is None and ticks[1]._frames is None  # aged out
+    assert ticks[2]._frames is not None  # still within CACHE_TICKS of the newest
+    # An aged tick still serves its bytes (rebuilt on demand).
+    assert tick_frame(ticks[0], ("s",), 0).endswith(ticks[0].view(("s",)))

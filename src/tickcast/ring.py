@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from .tick import EncodedTick
 
-__all__ = ["Ring"]
+__all__ = ["CACHE_TICKS", "Ring"]
+
+CACHE_TICKS = 1024  # ticks behind the newest whose encoded views/frames stay cached
 
 
 class Ring:
@@ -65,6 +67,12 @@ class Ring:
         self._slots[slot] = tick
         self._bytes += len(tick.raw)
         self._latest = tick.t
+        # Views and frames are hot only near the live edge: drop them as ticks age so
+        # the ring's memory stays ~ its raw bytes (a replay rebuilds what it needs).
+        if self._capacity > CACHE_TICKS:
+            aged = self._slots[(tick.t - CACHE_TICKS) % self._capacity]
+            if aged is not None and aged.t == tick.t - CACHE_TICKS:
+                aged.drop_caches()
 
     def get(self, t: int) -> EncodedTick | None:
         """The tick ``t`` if the ring still holds it."""

@@ -38,6 +38,16 @@ Fields = tuple[str, ...] | None
 """A canonical field selection: a sorted-by-spec tuple of optional keys, or None for all."""
 
 
+def _exact(data: bytes) -> bytes:
+    """An exact-size copy of orjson output.
+
+    orjson's result keeps the allocation it grew into: 10,000 kept ~2.4 KB ticks
+    measured +78 MB of RSS as returned, +24 MB as copies (and the copy costs no
+    measurable time: 5.3 vs 5.8 us per dumps+copy vs dumps).
+    """
+    return memoryview(data).tobytes()
+
+
 def parse_fields(text: str | None) -> Fields:
     """Parse ``"s,agents"`` into a canonical selection.
 
@@ -80,7 +90,7 @@ class EncodedTick:
     @classmethod
     def from_dict(cls, tick: dict[str, Any]) -> EncodedTick:
         """Encode a tick dict (keys already in SPEC order)."""
-        return cls(int(tick["t"]), float(tick["ts"]), orjson.dumps(tick))
+        return cls(int(tick["t"]), float(tick["ts"]), _exact(orjson.dumps(tick)))
 
     @classmethod
     def from_raw(cls, raw: bytes, *, t: int | None = None) -> EncodedTick:
@@ -122,8 +132,13 @@ class EncodedTick:
             for k in fields:
                 if k in obj:
                     keep[k] = obj[k]
-            out = views[fields] = orjson.dumps(keep)
+            out = views[fields] = _exact(orjson.dumps(keep))
         return out
+
+    def drop_caches(self) -> None:
+        """Forget the cached views and frames (the ring calls this as the tick ages)."""
+        self._views = None
+        self._frames = None
 
     def __repr__(self) -> str:
         return f"EncodedTick(t={self.t}, {len(self.raw)} bytes)"

@@ -1,0 +1,73 @@
+"""The ingest source (SPEC §6): an external simulation POSTs ticks with a bearer token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from conftest import Running, make_config, recv_json, running
+from conftest import ws_connect as open_websocket_url
+
+TOKEN = "s3cret"
+CONTENT = {
+    "s": {"price_norm": 0.5, "volatility": 0.0, "liquidity": 1.0, "imbalance": 0.0},
+    "agents": [{"id": 0, "experience": 0.1}],
+    "actions": [],
+    "matches": [],
+}
+
+
+async def post(srv: Running, body: Any, token: str | None = TOKEN) -> httpx.Response:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient() as client:
+        return await client.post(srv.url("/ingest"), content=orjson.dumps(body), headers=headers)
+
+
+async def test_ingest_assigns_t_and_streams(tmp_path: Path) -> None:
+    config = make_config(tmp_path, source="ingest", ingest_token=TOKEN)
+    async with running(config) as srv:
+        r = await post(srv, CONTENT)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"accepted": 1, "first_t": 0, "latest_t": 0}
+        async with open_websocket_url(srv.ws_url()) as ws:
+            hello = await recv_json(ws)
+            assert hello["latest_t"] == 0
+            first = await recv_json(ws)
+            assert first["t"] == 0
+            r = await post(srv, [CONTENT, {**CONTENT, "ts": 1700000000.5}])
+            assert r.json()["first_t"] == 1
+            ticks = [await recv_json(ws), await recv_json(ws)]
+        assert [t["t"] for t in ticks] == [1, 2]
+        assert ticks[1]["ts"] == 1700000000.5
+        assert list(ticks[0]) == ["type", "t", "ts", "s", "agents", "actions", "matches"]
+        body = (await srv.get("/incremental?from_t=0")).json()
+        assert body["count"] == 3
+
+
+async def test_ingest_rejects_bad_token_and_bad_bodies(tmp_path: Path) -> None:
+    config = make_config(tmp_path, source="ingest", ingest_token=TOKEN)
+    async with running(config) as srv:
+        assert (await post(srv, CONTENT, token=None)).status_code == 401
+        assert (await post(srv, CONTENT, token="wrong")).status_code == 401
+        for bad in [{"s": {}}, [CONTENT, {"agents": 1}], "text", {**CONTENT, "ts": "x"}]:
+            r = await post(srv, bad)
+            assert r.status_code == 400, bad
+            assert r.json()["error"] == "bad_request"
+        async with httpx.AsyncClient() as client:
+            r = await client.post(
+                srv.url("/ingest"),
+                content=b"{not json",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+        assert r.status_code == 400
+        # Nothing was appended by the refused requests.
+        assert srv.service.history.latest_t is None
+
+
+async def test_ingest_refused_when_source_is_the_simulator(server: Running) -> None:
+    r = await post(server, CONTENT)
+    assert r.status_code == 409
+    assert r.json()["error"] == "not_ingest"
