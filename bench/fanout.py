@@ -331,11 +331,11 @@ def format_ratios(rows: Sequence[Row]) -> list[str]:
     lines = []
     for (target, clients, rate), tc in by_key.items():
         peer = by_key.get(("peer", clients, rate))
-        if target != "tickcast" or peer is None:
+        if target == "peer" or peer is None:
             continue
         cpu = tc.server_cpu_pct / peer.server_cpu_pct if peer.server_cpu_pct else math.nan
         p99 = tc.p99_ms / peer.p99_ms if peer.p99_ms else math.nan
-        lines.append(f"{clients:>7} x {rate:g}/s: CPU x{cpu:.2f}, p99 x{p99:.2f}")
+        lines.append(f"{target:>13} {clients:>6} x {rate:g}/s: CPU x{cpu:.2f}, p99 x{p99:.2f}")
     return lines
 
 
@@ -428,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {line}")
     ratios = format_ratios(rows)
     if ratios:
-        print("\ntickcast / peer:")
+        print("\ntarget / peer:")
         print("\n".join(ratios))
     if args.json:
         meta = {

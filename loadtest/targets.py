@@ -45,7 +45,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 PEER_SCRIPT = ROOT / "bench" / "peer_websockets.py"
-TARGETS = ("tickcast", "peer")
+TARGETS = ("tickcast", "peer", "tickcast-asgi")
 HOST = "127.0.0.1"
 
 # Timeouts
@@ -126,6 +126,23 @@ def build_command(
         cmd += ["--data-dir", str(data_dir), "--rate", rate_arg]
         # Every benchmark client comes from 127.0.0.1: lift the per-IP limit (default 100).
         cmd += ["--max-connections-per-ip", str(max_clients)]
+    elif name == "tickcast-asgi":
+        # The same service under a stock Hypercorn: /ws/stream is the portable Quart
+        # route (a memory channel and a sender task per connection, await
+        # websocket.send), i.e. the straightforward Quart-Trio fan-out. Settings go in
+        # TICKCAST_* variables; Hypercorn negotiates deflate itself (clients here do
+        # not offer it unless --compression).
+        settings = {
+            "DATA_DIR": str(data_dir),
+            "RATE": rate_arg,
+            "MAX_CONNECTIONS_PER_IP": str(max_clients),
+        }
+        if agents is not None:
+            settings["AGENTS"] = str(agents)
+        cmd = ["env", *(f"TICKCAST_{k}={v}" for k, v in settings.items())]
+        cmd += [_python(), "-m", "hypercorn", "--worker-class", "trio"]
+        cmd += ["--bind", f"{HOST}:{port}", "--graceful-timeout", "1", "tickcast.asgi:app"]
+        return [*cmd, *extra_args]
     elif name == "peer":
         cmd = [_python(), str(PEER_SCRIPT), "--host", HOST, "--port", str(port)]
         cmd += ["--rate", rate_arg]

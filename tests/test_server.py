@@ -161,6 +161,7 @@ async def test_metrics(server: Running) -> None:
         "tickcast_refused_connections_total",
         "tickcast_push_latency_seconds_bucket",
         "tickcast_segment_bytes",
+        "tickcast_gc_pause_seconds_count",
     ]:
         assert name in text, name
 

@@ -8,6 +8,7 @@ several services can live in one process (tests).
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -38,6 +39,13 @@ class Metrics(Collector):
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.gc_pause = Histogram(
+            "tickcast_gc_pause_seconds",
+            "Cyclic garbage collector pauses (every generation).",
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+            registry=self.registry,
+        )
+        self._gc_started = 0.0
         self.messages_sent = 0
         self.bytes_sent = 0
         self.connections_total = 0
@@ -46,6 +54,21 @@ class Metrics(Collector):
     def bind(self, service: Service) -> None:
         self._service = service
         self.registry.register(self)
+
+    def watch_gc(self) -> None:
+        """Time every cyclic GC run into ``tickcast_gc_pause_seconds`` (until unwatched)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause.observe(time.perf_counter() - self._gc_started)
 
     def observe_push(self, tick: EncodedTick) -> None:
         self.push_latency.observe(max(0.0, time.time() - tick.ts))

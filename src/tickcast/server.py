@@ -81,6 +81,7 @@ async def serve(
                 log.info("tickcast listening on http://%s:%d", config.host, port)
                 gc.collect()
                 gc.freeze()  # start-up objects never need scanning again
+                service.metrics.watch_gc()
                 task_status.started(port)
                 if shutdown_trigger is None:
                     await trio.sleep_forever()
@@ -89,6 +90,7 @@ async def serve(
                 inner.cancel_scope.cancel()
             outer.cancel_scope.cancel()
     finally:
+        service.metrics.unwatch_gc()
         attach(app, None)
         lsock.close()
     log.info("stopped; latest t %s", service.history.latest_t)
