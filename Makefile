@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.stamp-run
 DEV_STAMP := $(VENV)/.stamp-dev
 LOAD_STAMP := $(VENV)/.stamp-load
+BROWSER_STAMP := $(VENV)/.stamp-browser
 LINTED := src tests bench loadtest
 
 .PHONY: run test lint typecheck pytest loadtest bench bench-storage bench-fanout clean
@@ -27,6 +28,13 @@ $(LOAD_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
 	touch $@ $(DEV_STAMP) $(RUN_STAMP)
 
+# The dashboard test drives Debian's Chromium with Playwright (never a downloaded browser).
+$(BROWSER_STAMP): | $(BIN)/python
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the dashboard test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	touch $@
+
 run: $(RUN_STAMP)
 	$(BIN)/tickcast serve $(ARGS)
 
@@ -37,7 +45,7 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(DEV_STAMP)
+pytest: $(DEV_STAMP) $(BROWSER_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

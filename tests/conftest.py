@@ -182,9 +182,10 @@ def tickcast_process(
     data_dir: Path | None = None,
     env: dict[str, str] | None = None,
     name: str = "server",
+    port: int | None = None,
 ) -> Iterator[Proc]:
     """``tickcast serve`` as a subprocess; killed at the end if still running."""
-    port = free_port()
+    port = port or free_port()
     data = data_dir or tmp_path / "segments"
     log = tmp_path / f"{name}-{port}.log"
     cmd = [
