@@ -48,8 +48,9 @@ class Running:
             return await client.get(self.url(path))
 
     async def wait_for_t(self, t: int) -> None:
-        """Wait until tick ``t`` has been published."""
-        await self.service.wait_for_t(t)
+        """Wait until tick ``t`` has been published (30 s at most)."""
+        with trio.fail_after(30):
+            await self.service.wait_for_t(t)
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:

@@ -13,7 +13,10 @@ import trio
 from conftest import Running, collect_ticks, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
 from tickcast.service import Service
+from tickcast.wsraw import LIVE_BACKLOG, RawSession
 from wsclient import RawClient, Rejected
+
+WAIT_S = 30  # a deadline for waits on the server, so a regression fails instead of hanging
 
 
 def consecutive(ticks: list[dict[str, Any]], start: int) -> bool:
@@ -22,8 +25,9 @@ def consecutive(ticks: list[dict[str, Any]], start: int) -> bool:
 
 async def wait_until(service: Service, condition: Any) -> None:
     """Wait, tick by tick, until ``condition()`` holds (the hub acts only on publish)."""
-    while not condition():
-        await service.wait_for_t((service.history.latest_t or 0) + 1)
+    with trio.fail_after(WAIT_S):
+        while not condition():
+            await service.wait_for_t((service.history.latest_t or 0) + 1)
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -141,7 +145,20 @@ async def test_stalled_client_is_closed_4008_and_others_get_every_tick(tmp_path:
         async with trio.open_nursery() as nursery:
             for i in range(5):
                 await nursery.start(reader, i)
-            await wait_until(service, lambda: service.hub.evicted == 1)
+            # Until the eviction, sample (on every published tick) how much the server
+            # holds for the stalled client: its outbox never passes the live backlog
+            # plus one message, however far behind it falls.
+            held = []
+            with trio.fail_after(WAIT_S):
+                while service.hub.evicted == 0:
+                    held += [
+                        s._out_bytes
+                        for s in service.hub.subscribers()
+                        if isinstance(s, RawSession) and s.ip == "127.0.0.1" and not s.live
+                    ]
+                    await service.wait_for_t((service.history.latest_t or 0) + 1)
+            biggest_message = max(len(t.raw) for t in service.history.ring.range(start, 100))
+            assert held and max(held) <= LIVE_BACKLOG + biggest_message + 64
             assert service.limits.total == 5  # the stalled client's slot is free already
             end.append((service.history.latest_t or 0) + 20)
         for ticks in results.values():
