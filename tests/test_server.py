@@ -272,3 +272,13 @@ async def test_many_clients_see_the_same_ticks(server: Running) -> None:
     expected = list(range(start, start + 50))
     assert all(r == expected for r in results.values())
     assert len(results) == 20
+
+
+async def test_incremental_right_after_the_first_tick(tmp_path: Path) -> None:
+    # Regression: t=0 was treated as "nothing published" (0 is falsy).
+    async with running(make_config(tmp_path, rate=0.5)) as srv:
+        await srv.wait_for_t(0)
+        body = (await srv.get("/incremental?from_t=0&limit=10")).json()
+        assert body["latest_t"] == 0
+        assert body["count"] == 1
+        assert body["data"][0]["t"] == 0

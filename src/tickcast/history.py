@@ -206,9 +206,11 @@ class History:
         Raises:
             CorruptRecordError: a stored record failed its checksum.
         """
-        end = self.published_t if upto is None else min(upto, self.published_t or -1)
+        end = self.published_t
         if end is None or limit < 1:
             return []
+        if upto is not None:
+            end = min(end, upto)
         oldest = self.oldest_t
         start = from_t if oldest is None else max(from_t, oldest)
         if start > end:
