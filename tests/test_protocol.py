@@ -331,3 +331,75 @@ async def test_forwarded_for_ignored_without_trusted_proxies(tmp_path: Path) -> 
         assert info.value.status == 429
         assert "127.0.0.1" in orjson.loads(info.value.body)["detail"]
         one.aclose()
+
+
+# -- abusive or unusual clients ------------------------------------------------------------
+
+
+async def test_client_that_sends_without_reading_cannot_grow_server_memory(
+    tmp_path: Path,
+) -> None:
+    from wsproto.events import TextMessage
+
+    async with running(make_config(tmp_path, rate=5.0)) as srv:
+        await srv.wait_for_t(0)
+        client = await RawClient.connect(srv.port, rcvbuf=4096)
+        # Up to 2,000,000 tiny messages (40 MB), each answered with an error the client
+        # never reads: far more than the kernel buffers on both sides hold.
+        chunk = b"".join(client.ws.send(TextMessage(data='{"type":"x"}')) for _ in range(1000))
+        sent = 0
+        with trio.move_on_after(3):  # once the server stops reading, our sends block
+            while sent < 2000:
+                await client.sock.send(chunk)
+                sent += 1
+        assert sent < 2000  # TCP pushed back: the server stopped reading
+        sessions = [s for s in srv.service.hub.subscribers() if isinstance(s, RawSession)]
+        assert len(sessions) == 1
+        assert sessions[0]._out_bytes <= 256 * 1024  # high-water mark + one read's replies
+        client.aclose()
+
+
+def frames_of(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each unmasked server frame in ``data``."""
+    out, pos = [], 0
+    while pos + 2 <= len(data):
+        n, head = data[pos + 1] & 0x7F, 2
+        if n == 126:
+            n, head = int.from_bytes(data[pos + 2 : pos + 4], "big"), 4
+        elif n == 127:
+            n, head = int.from_bytes(data[pos + 2 : pos + 10], "big"), 10
+        out.append((data[pos] & 0x0F, data[pos + head : pos + head + n]))
+        pos += head + n
+    return out
+
+
+async def test_close_without_code_gets_a_valid_reply(server: Running) -> None:
+    import os
+
+    client = await RawClient.connect(server.port, "/ws/stream?from_t=999999999")
+    await client.sock.send(bytes([0x88, 0x80]) + os.urandom(4))  # close, masked, no code
+    data = b""
+    with trio.fail_after(5):
+        while chunk := await client.sock.recv(65536):
+            data += chunk
+    client.aclose()
+    closes = [payload for op, payload in frames_of(data) if op == 0x8]
+    assert len(closes) == 1
+    # Either no code or a valid one; 1005 ("no status") must never be sent on the wire.
+    assert closes[0] == b"" or int.from_bytes(closes[0][:2], "big") not in (1005, 1006)
+
+
+async def test_invalid_handshake_gets_json_400(server: Running) -> None:
+    sock = trio.socket.socket()
+    await sock.connect(("127.0.0.1", server.port))
+    await sock.send(
+        b"GET /ws/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    data = b""
+    with trio.fail_after(5):
+        while chunk := await sock.recv(65536):
+            data += chunk
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert orjson.loads(body)["error"] == "bad_request"

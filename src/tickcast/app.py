@@ -299,7 +299,7 @@ class AsgiSession(StreamSession):
     async def _reader(self) -> None:
         while True:
             data = await websocket.receive()
-            size = len(data)
+            size = len(data.encode()) if isinstance(data, str) else len(data)
             if size > MAX_CLIENT_MESSAGE:
                 raise too_big(size)
             await self.send_message(client_reply(data))
@@ -311,7 +311,10 @@ class AsgiSession(StreamSession):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader)
                     await self.run()
-        except* (SlowConsumer, ProtocolError) as group:
+        except* (SlowConsumer, ProtocolError, CorruptRecordError) as group:
+            end = group.exceptions[0]
+        except* Exception as group:  # a bug or a store failure: 1011, logged
+            log.exception("stream session for %s failed", self.ip, exc_info=group)
             end = group.exceptions[0]
         code, reason = self.close_reason(end)
         if end is not None or self.evicted:

@@ -30,18 +30,25 @@ Scope = dict[str, Any]
 async def _lifespan(receive: Any, send: Any) -> None:
     message = await receive()
     assert message["type"] == "lifespan.startup"
+    started = False
     try:
         config = from_sources({})
         async with trio.open_nursery() as nursery:
             service = await nursery.start(run_service, config)
             attach(quart_app, service)
             await send({"type": "lifespan.startup.complete"})
+            started = True
             message = await receive()
             attach(quart_app, None)
             nursery.cancel_scope.cancel()
     except Exception as exc:
-        log.exception("tickcast failed to start")
-        await send({"type": "lifespan.startup.failed", "message": f"{exc}"})
+        attach(quart_app, None)
+        if not started:
+            log.exception("tickcast failed to start")
+            await send({"type": "lifespan.startup.failed", "message": f"{exc}"})
+            return
+        log.exception("tickcast failed while serving")
+        await send({"type": "lifespan.shutdown.failed", "message": f"{exc}"})
         return
     await send({"type": "lifespan.shutdown.complete"})
 

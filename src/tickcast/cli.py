@@ -11,7 +11,7 @@ import trio
 
 from . import __version__
 from .config import add_arguments, describe, from_sources
-from .errors import ConfigError
+from .errors import ConfigError, TickcastError
 
 __all__ = ["main"]
 
@@ -51,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("tickcast").info("settings: %s", " ".join(describe(config)))
     from .server import serve_until_signal
 
-    trio.run(serve_until_signal, config)
+    try:
+        trio.run(serve_until_signal, config)
+    except TickcastError as exc:  # e.g. the data directory is in use by another process
+        print(f"tickcast: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

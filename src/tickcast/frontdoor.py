@@ -180,7 +180,10 @@ class FrontDoor:
         except (RemoteProtocolError, StopIteration):
             request = None
         if not isinstance(request, Request):
-            await _send_all(sock, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            body = orjson.dumps({"error": "bad_request", "detail": "invalid WebSocket handshake"})
+            head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            head += b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            await _send_all(sock, head + body)
             sock.close()
             return
         query = dict(parse_qsl(urlsplit(request.target).query, keep_blank_values=True))
@@ -215,6 +218,15 @@ class FrontDoor:
 
 
 async def _accept_loop(
+    lsock: socket.socket, handler: Callable[[socket.socket, str], Any], nursery: trio.Nursery
+) -> None:
+    try:
+        await _accept_forever(lsock, handler, nursery)
+    finally:
+        lsock.close()  # on cancellation: stop accepting before the connections wind down
+
+
+async def _accept_forever(
     lsock: socket.socket, handler: Callable[[socket.socket, str], Any], nursery: trio.Nursery
 ) -> None:
     while True:

@@ -242,5 +242,5 @@ class History:
         reasons = []
         if self.failure is not None:
             reasons.append(f"writer failed: {self.failure}")
-        reasons += [f"corrupt record: {c}" for c in self.store.corruption]
+        reasons += list(self.store.corruption)
         return not reasons, reasons

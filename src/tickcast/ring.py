@@ -67,8 +67,9 @@ class Ring:
         self._slots[slot] = tick
         self._bytes += len(tick.raw)
         self._latest = tick.t
-        # Views and frames are hot only near the live edge: drop them as ticks age so
-        # the ring's memory stays ~ its raw bytes (a replay rebuilds what it needs).
+        # Views and frames are hot only near the live edge: drop them as ticks cross
+        # CACHE_TICKS behind it. (A replay of older ticks rebuilds and keeps theirs until
+        # they leave the ring: bounded by the ring, usually far less.)
         if self._capacity > CACHE_TICKS:
             aged = self._slots[(tick.t - CACHE_TICKS) % self._capacity]
             if aged is not None and aged.t == tick.t - CACHE_TICKS:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import __version__
-from .errors import ProtocolError
+from .errors import CorruptRecordError, ProtocolError
 from .hub import Subscriber
 from .tick import EncodedTick, Fields, batch_message, encode_message, parse_fields
 
@@ -119,8 +119,15 @@ def client_reply(data: bytes | str) -> bytes:
         if "id" in msg:
             pong["id"] = msg["id"]
         return encode_message(pong)
-    kind = msg.get("type")
-    return _error("bad_message", f"unknown message type {kind!r}; expected 'ping'")
+    kind = repr(msg.get("type"))
+    if len(kind) > 64:
+        kind = kind[:61] + "..."
+    return _error("bad_message", f"unknown message type {kind}; expected 'ping'")
+
+
+def _number(value: float) -> float | int:
+    """30.0 -> 30 (SPEC shows integers where the setting is whole)."""
+    return int(value) if value.is_integer() else value
 
 
 def _error(code: str, detail: str) -> bytes:
@@ -186,7 +193,7 @@ class StreamSession(Subscriber):
             "epoch": history.epoch,
             "oldest_t": history.oldest_t,
             "latest_t": history.latest_t,
-            "heartbeat_s": self.service.config.heartbeat_s,
+            "heartbeat_s": _number(self.service.config.heartbeat_s),
             "server": f"tickcast/{__version__}",
         }
         from_t = self.params.from_t
@@ -261,14 +268,19 @@ class StreamSession(Subscriber):
             await self.send_ticks(ticks)
 
     def close_reason(self, exc: BaseException | None) -> tuple[int, str]:
-        """The close code and reason for how the session ended."""
+        """The close code and reason for how the session ended (counts 4008s)."""
         if isinstance(exc, SlowConsumer):
+            self.service.hub.evicted += 1  # lag or retention found during catch-up
             return CLOSE_SLOW, str(exc)
-        if self.evicted:
+        if self.evicted:  # the hub evicted it (and counted it)
             return CLOSE_SLOW, str(SlowConsumer(self.sent_t + 1))
         if isinstance(exc, ProtocolError):
             return exc.code, str(exc)
-        return CLOSE_GOING_AWAY, "server shutting down"
+        if isinstance(exc, CorruptRecordError):
+            return CLOSE_INTERNAL, "history unreadable: corrupt record"
+        if exc is None:
+            return CLOSE_GOING_AWAY, "server shutting down"
+        return CLOSE_INTERNAL, "internal error"
 
 
 def too_big(size: int) -> ProtocolError:

@@ -32,7 +32,6 @@ from .errors import CorruptRecordError, ProtocolError
 from .frames import close_frame, message_frame, tick_frame
 from .service import Service
 from .stream import (
-    CLOSE_INTERNAL,
     MAX_CLIENT_MESSAGE,
     SlowConsumer,
     StreamParams,
@@ -81,6 +80,7 @@ class RawSession(StreamSession):
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
         self._wake = trio.Event()
+        self._room = trio.Event()  # set when the outbox drains to the high-water mark
         self._scope = trio.CancelScope()
         self._broken: BaseException | None = None
         self._peer_closed = False
@@ -118,6 +118,7 @@ class RawSession(StreamSession):
         self._out_bytes = 0
         self.live = False
         self._wake.set()
+        self._room.set()
 
     def _send_pending(self) -> None:
         out = self._out
@@ -129,6 +130,8 @@ class RawSession(StreamSession):
             self._break(exc)
             return
         self._out_bytes -= n
+        if self._out_bytes <= self._high_water:
+            self._room.set()
         while n:
             head = out[0]
             if n >= len(head):
@@ -234,6 +237,12 @@ class RawSession(StreamSession):
         """
         size = 0
         while True:
+            # A client that sends without reading our replies must not make them pile
+            # up: read nothing more until the outbox is back under the high-water mark
+            # (TCP then pushes back on the client's sends).
+            while self._out_bytes > self._high_water and self._broken is None:
+                self._room = trio.Event()
+                await self._room.wait()
             await trio.lowlevel.wait_readable(self.sock)
             try:
                 data = self.sock.recv(RECV_BYTES)
@@ -264,7 +273,7 @@ class RawSession(StreamSession):
                     self._write(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
                     self._peer_closed = True
-                    self._write(close_frame(event.code, ""))
+                    self._write(self.ws.send(event.response()))
                     raise PeerGone(f"client closed ({event.code})")
 
     async def _reader(self) -> None:
@@ -291,6 +300,9 @@ class RawSession(StreamSession):
                         await self.run()
                     except (SlowConsumer, PeerGone, CorruptRecordError) as exc:
                         self._end = exc
+                    except Exception as exc:  # a bug or a store failure: 1011, logged
+                        log.exception("stream session for %s failed", self.ip)
+                        self._end = exc
                     nursery.cancel_scope.cancel()
         finally:
             self.release()
@@ -299,10 +311,7 @@ class RawSession(StreamSession):
 
     async def _close(self) -> None:
         end = self._end
-        if isinstance(end, CorruptRecordError):
-            code, reason = CLOSE_INTERNAL, "history unreadable: corrupt record"
-        else:
-            code, reason = self.close_reason(end)
+        code, reason = self.close_reason(end)
         sock = self.sock
         clean = False
         with trio.move_on_after(CLOSE_GRACE):
