@@ -29,19 +29,25 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
-@dataclass
-class Running:
-    """A tickcast served in this process."""
+class _Addresses:
+    """The URLs of a server listening on 127.0.0.1:``port``."""
 
     port: int
-    service: Service
-    config: Config
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def ws_url(self, query: str = "") -> str:
         return f"ws://127.0.0.1:{self.port}/ws/stream{query}"
+
+
+@dataclass
+class Running(_Addresses):
+    """A tickcast served in this process."""
+
+    port: int
+    service: Service
+    config: Config
 
     async def get(self, path: str) -> httpx.Response:
         async with httpx.AsyncClient() as client:
@@ -145,17 +151,13 @@ def free_port() -> int:
 
 
 @dataclass
-class Proc:
+class Proc(_Addresses):
+    """``tickcast serve`` running as a subprocess."""
+
     proc: subprocess.Popen[bytes]
     port: int
     data_dir: Path
     log: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def ws_url(self, query: str = "") -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/stream{query}"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
