@@ -13,7 +13,7 @@ import trio
 from conftest import Running, collect_ticks, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
 from tickcast.service import Service
-from tickcast.wsraw import LIVE_BACKLOG, RawSession
+from tickcast.wsraw import CLOSE_GRACE, LIVE_BACKLOG, RawSession
 from wsclient import RawClient, Rejected
 
 WAIT_S = 30  # a deadline for waits on the server, so a regression fails instead of hanging
@@ -185,16 +185,30 @@ async def test_stalled_client_is_closed_4008_and_others_get_every_tick(tmp_path:
         assert consecutive(more, resume)
 
 
-async def test_evicted_slot_is_released_at_once(tmp_path: Path) -> None:
+async def test_evicted_slot_is_released_at_once_and_socket_within_grace(tmp_path: Path) -> None:
     config = make_config(tmp_path, rate=300.0, agents=300, max_lag=50, max_connections_per_ip=1)
     async with running(config) as srv:
         await srv.wait_for_t(0)
-        stalled = await RawClient.connect(srv.port, rcvbuf=4096)
-        await wait_until(srv.service, lambda: srv.service.hub.evicted == 1)
-        assert srv.service.limits.total == 0
+        service = srv.service
+        stalled = await RawClient.connect(srv.port, rcvbuf=4096)  # never reads, at all
+        with trio.fail_after(WAIT_S):
+            while not (sessions := service.hub.subscribers()):
+                await service.wait_for_t((service.history.latest_t or 0) + 1)
+        session = sessions[0]
+        assert isinstance(session, RawSession)
+        await wait_until(service, lambda: service.hub.evicted == 1)
+        assert service.limits.total == 0
         # The same address may connect again immediately (per-IP limit 1).
         async with open_websocket_url(srv.ws_url()) as ws:
             assert (await recv_json(ws))["type"] == "hello"
+        # The server does not hold the socket of a client that will not read: after
+        # CLOSE_GRACE it resets it (a shielded send would keep it ESTABLISHED).
+        with trio.fail_after(CLOSE_GRACE + 3):
+            await session.closed.wait()
+        assert session.sock.fileno() == -1
+        with pytest.raises(ConnectionResetError):
+            while await stalled.sock.recv(1 << 20):
+                pass
         stalled.aclose()
 
 

@@ -81,6 +81,7 @@ class RawSession(StreamSession):
         self._out_bytes = 0
         self._wake = trio.Event()
         self._room = trio.Event()  # set when the outbox drains to the high-water mark
+        self.closed = trio.Event()  # set once the socket is closed
         self._scope = trio.CancelScope()
         self._broken: BaseException | None = None
         self._peer_closed = False
@@ -308,6 +309,7 @@ class RawSession(StreamSession):
             self.release()
             with trio.CancelScope(shield=True):
                 await self._close()
+            self.closed.set()
 
     async def _close(self) -> None:
         end = self._end
