@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
+import trio
 
 from conftest import Running, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
@@ -71,3 +73,68 @@ async def test_ingest_refused_when_source_is_the_simulator(server: Running) -> N
     r = await post(server, CONTENT)
     assert r.status_code == 409
     assert r.json()["error"] == "not_ingest"
+
+
+# -- the publisher ---------------------------------------------------------------------
+
+
+async def test_publisher_library(tmp_path: Path) -> None:
+    from tickcast.publisher import Publisher, PublishError
+
+    config = make_config(tmp_path, source="ingest", ingest_token=TOKEN)
+    async with running(config) as srv:
+        pub = Publisher(srv.url(""), token=TOKEN)
+        assert await trio.to_thread.run_sync(pub.publish, CONTENT) == 0
+        many = await trio.to_thread.run_sync(pub.publish_many, [CONTENT] * 3)
+        assert many == range(1, 4)
+        bad = Publisher(srv.url(""), token="nope")
+        with pytest.raises(PublishError) as info:
+            await trio.to_thread.run_sync(bad.publish, CONTENT)
+        assert info.value.status == 401
+        with pytest.raises(PublishError) as info:
+            await trio.to_thread.run_sync(pub.publish, {"s": {}})
+        assert info.value.status == 400
+        assert "lacks" in info.value.detail
+    unreachable = Publisher(srv.url(""), token=TOKEN, timeout_s=2)
+    with pytest.raises(PublishError) as info:
+        await trio.to_thread.run_sync(unreachable.publish, CONTENT)
+    assert info.value.status == 0
+
+
+async def test_publish_command_pipes_json_lines(tmp_path: Path) -> None:
+
+    from conftest import PYTHON
+
+    config = make_config(tmp_path, source="ingest", ingest_token=TOKEN)
+    lines = b"\n".join(orjson.dumps({**CONTENT, "ts": 1000.0 + i}) for i in range(25)) + b"\n\n"
+    async with running(config) as srv:
+        result = await trio.run_process(
+            [
+                PYTHON,
+                "-m",
+                "tickcast.cli",
+                "publish",
+                "--url",
+                srv.url(""),
+                "--token",
+                TOKEN,
+                "--batch",
+                "10",
+            ],
+            stdin=lines,
+            capture_stderr=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert b"published 25 ticks" in result.stderr
+        body = (await srv.get("/incremental?from_t=0&limit=100")).json()
+        assert [t["t"] for t in body["data"]] == list(range(25))
+        assert [t["ts"] for t in body["data"]] == [1000.0 + i for i in range(25)]
+        bad = await trio.run_process(
+            [PYTHON, "-m", "tickcast.cli", "publish", "--url", srv.url(""), "--token", TOKEN],
+            stdin=b"{oops\n",
+            capture_stderr=True,
+            check=False,
+        )
+        assert bad.returncode == 1
+        assert b"line 1 is not JSON" in bad.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,13 +31,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     add_arguments(serve)
+    publish = commands.add_parser(
+        "publish",
+        help="feed a --source ingest server from JSON lines on stdin",
+        description="Read one tick's content per line on stdin "
+        '({"s":{...},"agents":[...],"actions":[...],"matches":[...]}) and POST it to '
+        "a tickcast started with --source ingest. The server assigns t (and ts if absent).",
+    )
+    publish.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    publish.add_argument(
+        "--token",
+        default=os.environ.get("TICKCAST_INGEST_TOKEN"),
+        help="bearer token [default: $TICKCAST_INGEST_TOKEN]",
+    )
+    publish.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="ticks per request (1 for a live pipe; larger to bulk-load a file) [default: 1]",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tickcast`` console script; returns the exit status."""
     args = vars(build_parser().parse_args(argv))
-    args.pop("command")
+    if args.pop("command") == "publish":
+        return _publish(args)
     level = args.pop("log_level")
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -56,6 +77,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TickcastError as exc:  # e.g. the data directory is in use by another process
         print(f"tickcast: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _publish(args: dict[str, object]) -> int:
+    from .publisher import run_publish
+
+    token, batch = args["token"], args["batch"]
+    if not token:
+        print("tickcast: error: --token (or TICKCAST_INGEST_TOKEN) is required", file=sys.stderr)
+        return 2
+    if not isinstance(batch, int) or batch < 1:
+        print("tickcast: error: --batch must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        count = run_publish(str(args["url"]), str(token), sys.stdin.buffer, batch=batch)
+    except (TickcastError, ValueError) as exc:
+        print(f"tickcast: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"published {count} ticks", file=sys.stderr)
     return 0
 
 
