@@ -258,19 +258,23 @@ class StreamSession(Subscriber):
                 return
             lag = latest - self.next_t + 1
             if lag > limit + self.allowance:
-                raise SlowConsumer(self.sent_t + 1)
+                raise self._slow()
             self.allowance = min(self.allowance, lag)
             ticks = await history.read(self.next_t, max(CATCH_UP_CHUNK, self.params.batch))
             if not ticks or ticks[0].t != self.next_t:
                 # Retention removed what this client still needed: it must resume.
-                raise SlowConsumer(self.sent_t + 1)
+                raise self._slow()
             self.next_t = ticks[-1].t + 1
             await self.send_ticks(ticks)
 
+    def _slow(self) -> SlowConsumer:
+        """A 4008 decided here (catch-up), counted with the hub's evictions."""
+        self.service.hub.evicted += 1
+        return SlowConsumer(self.sent_t + 1)
+
     def close_reason(self, exc: BaseException | None) -> tuple[int, str]:
-        """The close code and reason for how the session ended (counts 4008s)."""
+        """The close code and reason for how the session ended."""
         if isinstance(exc, SlowConsumer):
-            self.service.hub.evicted += 1  # lag or retention found during catch-up
             return CLOSE_SLOW, str(exc)
         if self.evicted:  # the hub evicted it (and counted it)
             return CLOSE_SLOW, str(SlowConsumer(self.sent_t + 1))
