@@ -174,6 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in _fields():
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        if f.name.endswith("_bytes") and default and default % MiB == 0:
+            default = f"{default // MiB}MiB"
         if isinstance(default, tuple):
             default = ",".join(map(str, default)) or "none"
         help_text = f"{f.metadata['help']} [default: {default}]"
