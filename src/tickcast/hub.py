@@ -22,8 +22,6 @@ any other client, and the hub's memory is the subscriber set.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from .tick import EncodedTick
 
 __all__ = ["Hub", "Subscriber"]
@@ -36,7 +34,7 @@ class Subscriber:
         next_t: the next ``t`` this client has not yet been given.
         live: True while the hub delivers ticks to it directly.
         allowance: extra lag tolerated while replaying (see the module invariants).
-        ip: the client address its connection slot is counted against.
+        ip: the client address (its connection slot is counted in ``Limits``).
     """
 
     next_t: int = 0
@@ -67,21 +65,15 @@ class Hub:
         self.published = 0
         self.fell_behind = 0
         self.evicted = 0
-        self.per_ip: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._subs)
 
     def add(self, sub: Subscriber) -> None:
         self._subs.add(sub)
-        self.per_ip[sub.ip] += 1
 
     def discard(self, sub: Subscriber) -> None:
-        if sub in self._subs:
-            self._subs.remove(sub)
-            self.per_ip[sub.ip] -= 1
-            if self.per_ip[sub.ip] <= 0:
-                del self.per_ip[sub.ip]
+        self._subs.discard(sub)
 
     def subscribers(self) -> list[Subscriber]:
         return list(self._subs)
