@@ -12,11 +12,13 @@ its raw fast path instead (``wsraw``); both speak the same protocol (``stream``)
 
 from __future__ import annotations
 
+import hmac
 import logging
 from importlib import resources
 from typing import Any
 
 import msgspec
+import orjson
 import trio
 from quart import Quart, Response, request, websocket
 from quart_schema import QuartSchema, document_querystring, document_response
@@ -25,21 +27,22 @@ from werkzeug.exceptions import HTTPException
 
 from . import __version__
 from .errors import CorruptRecordError, ProtocolError
-from .ingest import register_ingest
+from .ingest import MAX_INGEST_BYTES, build_tick
 from .metrics import CONTENT_TYPE
 from .service import Service
 from .stream import (
-    _DIGITS,
     MAX_CLIENT_MESSAGE,
     BadParam,
     SlowConsumer,
     StreamParams,
     StreamSession,
     client_reply,
+    fields_param,
+    int_param,
     parse_stream_params,
     too_big,
 )
-from .tick import EncodedTick, parse_fields
+from .tick import EncodedTick
 
 __all__ = ["attach", "create_app"]
 
@@ -105,18 +108,6 @@ class _Unavailable(Exception):
 def attach(app: Quart, service: Service | None) -> None:
     """Give the app its running service (None detaches it)."""
     app.config[SERVICE_KEY] = service
-
-
-def _int_arg(name: str, default: int, lo: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not _DIGITS.match(raw):
-        raise BadParam(name, f"must be an integer, got {raw!r}")
-    value = int(raw)
-    if value < lo:
-        raise BadParam(name, f"must be >= {lo}, got {value}")
-    return value
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -186,12 +177,11 @@ def create_app() -> QuartTrio:
     @document_response(ErrorResponse, 400)
     async def incremental() -> Response:
         """Up to ``limit`` (max 10000) consecutive ticks from ``max(from_t, oldest_t)``."""
-        from_t = _int_arg("from_t", 0, 0)
-        limit = min(_int_arg("limit", 1000, 1), MAX_LIMIT)
-        try:
-            fields = parse_fields(request.args.get("fields"))
-        except ValueError as exc:
-            raise BadParam("fields", str(exc)) from None
+        from_t = int_param(request.args, "from_t", 0, None)
+        from_t = 0 if from_t is None else from_t
+        limit = int_param(request.args, "limit", 1, None)
+        limit = 1000 if limit is None else min(limit, MAX_LIMIT)
+        fields = fields_param(request.args)
         service = _service(app)
         history = service.history
         latest = history.latest_t
@@ -241,7 +231,40 @@ def create_app() -> QuartTrio:
             session.release()
         return None
 
-    register_ingest(app, _service)
+    numbering = trio.Lock()  # one ingest request at a time assigns t: t stays consecutive
+
+    @app.post("/ingest")
+    async def ingest() -> Response:
+        """Append ticks from an external simulation (bearer token; ``--source ingest``)."""
+        service = _service(app)
+        config = service.config
+        if config.source != "ingest" or not config.ingest_token:
+            detail = "this server's source is the built-in simulator"
+            return error_response(409, "not_ingest", detail)
+        auth = request.headers.get("authorization", "")
+        expected = f"Bearer {config.ingest_token}"
+        if not hmac.compare_digest(auth.encode(), expected.encode()):
+            return error_response(401, "unauthorized", "missing or wrong bearer token")
+        body = await request.get_data(cache=False)
+        if len(body) > MAX_INGEST_BYTES:
+            return error_response(413, "too_large", f"body over {MAX_INGEST_BYTES} bytes")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return error_response(400, "bad_request", "body is not JSON")
+        items = payload if isinstance(payload, list) else [payload]
+        history = service.history
+        async with numbering:
+            t0 = history.next_t
+            try:
+                ticks = [build_tick(t0 + i, c) for i, c in enumerate(items)]
+            except ValueError as exc:
+                return error_response(400, "bad_request", str(exc))
+            for tick in ticks:
+                await service.produce(EncodedTick.from_dict(tick))
+        out = {"accepted": len(ticks), "first_t": t0, "latest_t": history.latest_t}
+        return Response(msgspec.json.encode(out), content_type="application/json")
+
     return app
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "StreamParams",
     "StreamSession",
     "client_reply",
+    "fields_param",
+    "int_param",
     "parse_stream_params",
     "too_big",
 ]
@@ -78,7 +80,12 @@ class StreamParams:
     batch: int = 1
 
 
-def _int_param(query: Mapping[str, str], name: str, lo: int, hi: int | None) -> int | None:
+def int_param(query: Mapping[str, str], name: str, lo: int, hi: int | None) -> int | None:
+    """The integer query parameter ``name`` in ``lo..hi``, or None when absent.
+
+    Raises:
+        BadParam: not a plain decimal integer, or out of range.
+    """
     raw = query.get(name)
     if raw is None:
         return None
@@ -97,13 +104,21 @@ def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
     Raises:
         BadParam: naming the first invalid parameter.
     """
-    from_t = _int_param(query, "from_t", 0, None)
-    batch = _int_param(query, "batch", 1, 1000)
+    from_t = int_param(query, "from_t", 0, None)
+    batch = int_param(query, "batch", 1, 1000)
+    return StreamParams(from_t=from_t, fields=fields_param(query), batch=batch or 1)
+
+
+def fields_param(query: Mapping[str, str]) -> Fields:
+    """The ``fields`` query parameter as a canonical selection.
+
+    Raises:
+        BadParam: an unknown or empty field name.
+    """
     try:
-        fields = parse_fields(query.get("fields"))
+        return parse_fields(query.get("fields"))
     except ValueError as exc:
         raise BadParam("fields", str(exc)) from None
-    return StreamParams(from_t=from_t, fields=fields, batch=batch or 1)
 
 
 def client_reply(data: bytes | str) -> bytes:
