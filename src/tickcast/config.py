@@ -70,6 +70,10 @@ class Config:
         default=None, metadata=_opt("ticks a client may lag before 4008 (default: ring size)")
     )
     compression: bool = field(default=True, metadata=_opt("negotiate permessage-deflate"))
+    close_grace_s: float = field(
+        default=10.0,
+        metadata=_opt("seconds a closing client gets to take its last bytes before a reset"),
+    )
     # Limits
     max_connections: int = field(default=10_000, metadata=_opt("WebSocket connections in all"))
     max_connections_per_ip: int = field(default=100, metadata=_opt("WebSocket connections per IP"))
@@ -87,6 +91,7 @@ class Config:
             ("retain_bytes", self.retain_bytes >= 0, "must be >= 0"),
             ("retain_s", self.retain_s >= 0, "must be >= 0"),
             ("heartbeat_s", 0 < self.heartbeat_s <= 86_400, "must be > 0 and <= 86400"),
+            ("close_grace_s", 0 < self.close_grace_s <= 600, "must be > 0 and <= 600"),
             ("max_lag", self.max_lag is None or self.max_lag >= 1, "must be >= 1"),
             ("max_connections", self.max_connections >= 1, "must be >= 1"),
             ("max_connections_per_ip", self.max_connections_per_ip >= 1, "must be >= 1"),

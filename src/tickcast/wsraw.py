@@ -11,7 +11,7 @@ Invariants:
   outbox holds more than ``LIVE_BACKLOG`` bytes, :meth:`deliver` refuses the tick and
   the session catches up from history instead (the bounded backpressure point).
 * Every exit releases the connection slot first, then closes: a close frame with its
-  code, a bounded flush (``CLOSE_GRACE``), and an abortive close (RST) if the client
+  code, a bounded flush (``config.close_grace_s``), and an abortive close (RST) if the client
   will not take the bytes — so a stalled client's socket never lingers.
 """
 
@@ -47,7 +47,7 @@ log = logging.getLogger("tickcast.ws")
 
 LIVE_BACKLOG = 256 * 1024  # outbox bytes beyond which a live client falls back to catch-up
 CATCH_UP_HIGH_WATER = 128 * 1024  # catch-up waits until the outbox is below this (< LIVE_BACKLOG)
-CLOSE_GRACE = 2.0  # seconds to flush the close frame before an abortive close
+SHUTDOWN_GRACE = 2.0  # seconds: the close grace at shutdown (SPEC: exit within 5 s)
 RECV_BYTES = 65536
 
 
@@ -316,7 +316,13 @@ class RawSession(StreamSession):
         code, reason = self.close_reason(end)
         sock = self.sock
         clean = False
-        with trio.move_on_after(CLOSE_GRACE):
+        # A client closed for its own sake (4008, 1009, 1011) gets the full grace to
+        # read its last ticks and the reason; at shutdown (1001) the process must exit
+        # within SPEC's 5 s, so the grace is capped.
+        grace = self.service.config.close_grace_s
+        if end is None and not self.evicted:
+            grace = min(grace, SHUTDOWN_GRACE)
+        with trio.move_on_after(grace):
             if not isinstance(end, PeerGone) or self._peer_closed:
                 if not self._peer_closed:
                     self._write(close_frame(code, reason))
