@@ -9,24 +9,38 @@ DEV_STAMP := $(VENV)/.stamp-dev
 LOAD_STAMP := $(VENV)/.stamp-load
 BROWSER_STAMP := $(VENV)/.stamp-browser
 LINTED := src tests bench loadtest
+# Every install is constrained to the versions the suite last passed with (make lock).
+LOCK := constraints.txt
+PIP_INSTALL := $(BIN)/python -m pip install --quiet -c $(LOCK)
 
-.PHONY: run test lint typecheck pytest loadtest bench bench-storage bench-fanout clean
+.PHONY: run test lock lint typecheck pytest loadtest bench bench-storage bench-fanout clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(RUN_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(DEV_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $@ $(RUN_STAMP)
 
-$(LOAD_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+$(LOAD_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[dev,load]'
 	touch $@ $(DEV_STAMP) $(RUN_STAMP)
+
+# Re-resolve every dependency (runtime, dev, load) to its newest allowed version in a
+# scratch venv and record the result in $(LOCK). Run it on purpose, then make test.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev,load]'
+	{ echo "# The exact versions make run / make test install (pip -c). Refresh on purpose with: make lock"; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	rm -rf .venv-lock
 
 # The dashboard test drives Debian's Chromium with Playwright (never a downloaded browser).
 $(BROWSER_STAMP): | $(BIN)/python
