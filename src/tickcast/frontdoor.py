@@ -19,16 +19,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
+from .hypercorn_bridge import HypercornHandler
 from .service import Service
 from .stream import BadParam, parse_stream_params
 from .wsraw import RawSession
@@ -133,10 +129,7 @@ class FrontDoor:
 
     def __init__(self, service: Service, app: Any) -> None:
         self.service = service
-        self.hyper_config = HyperConfig()
-        self.hyper_config.keep_alive_timeout = 30
-        self.app = wrap_app(app, self.hyper_config.wsgi_max_body_size, None)
-        self.context = WorkerContext(None)
+        self.http = HypercornHandler(app)
 
     async def handle(self, sock: socket.socket, peer: str) -> None:
         """Serve one connection; its failure is logged and never reaches the listener."""
@@ -158,14 +151,7 @@ class FrontDoor:
         tsock = trio.socket.from_stdlib_socket(sock)
         stream = PrefixedStream(trio.SocketStream(tsock), head)
         try:
-            # TCPServer is typed for SSL streams but duck-types plain ones (no do_handshake).
-            await TCPServer(
-                self.app,
-                self.hyper_config,
-                self.context,
-                ConnectionState({}),
-                stream,  # type: ignore[arg-type]
-            )
+            await self.http.serve(stream)
         finally:
             # Hypercorn's close path awaits send_eof() before aclose(); when cancelled
             # (server shutdown) it never reaches aclose, so close the socket here.
