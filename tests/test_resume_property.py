@@ -152,9 +152,10 @@ async def scenario(
     )
     service = await Service.open(config)
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.history.run_writer)
+        await nursery.start(service.run_writer)
         for t in range(history_len):
             await service.produce(make_tick(t))
+        await service.wait_for_t(history_len - 1)  # the writer publishes once written
         server_sock, client_sock = socket_pair()
         server_ws, client_ws = handshake()
         assert service.limits.acquire("test") is None
@@ -174,6 +175,7 @@ async def scenario(
             if action == "produce":
                 for _ in range(n):
                     await service.produce(make_tick(service.history.next_t))
+                await service.wait_for_t(service.history.next_t - 1)
             else:
                 client.read_available(n)
             await trio.testing.wait_all_tasks_blocked()

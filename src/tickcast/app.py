@@ -262,6 +262,8 @@ def create_app() -> QuartTrio:
                 return error_response(400, "bad_request", str(exc))
             for tick in ticks:
                 await service.produce(EncodedTick.from_dict(tick))
+            if ticks:  # answer once they are written and published
+                await service.wait_for_t(ticks[-1]["t"])
         out = {"accepted": len(ticks), "first_t": t0, "latest_t": history.latest_t}
         return Response(msgspec.json.encode(out), content_type="application/json")
 

@@ -3,13 +3,13 @@
 ::
 
     serve()                          outer nursery
-    ├── History.run_writer           segment writer (drains + fsyncs when cancelled)
+    ├── Service.run_writer           segment writer; publishes each tick once written
     └── inner nursery
         ├── run_simulator            the source (or nothing: POST /ingest feeds it)
         └── serve_frontdoor          listener: /ws/stream -> wsraw, rest -> Hypercorn/Quart
 
 Shutdown is cancellation, inner first: the source stops and every stream client
-gets close 1001 (bounded by ``wsraw.CLOSE_GRACE``), then the writer is cancelled,
+gets close 1001 (bounded by ``close_grace_s``), then the writer is cancelled,
 writes what is queued, fsyncs and closes the store. Every tick a client received
 was queued for the writer before it was published, so it is on disk after a clean
 stop.
@@ -46,7 +46,7 @@ async def run_service(
     """
     service = await Service.open(config)
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.history.run_writer)
+        await nursery.start(service.run_writer)
         if config.source == "sim":
             await nursery.start(run_simulator, service)
         task_status.started(service)
@@ -73,7 +73,7 @@ async def serve(
     port = int(lsock.getsockname()[1])
     try:
         async with trio.open_nursery() as outer:
-            await outer.start(service.history.run_writer)
+            await outer.start(service.run_writer)
             async with trio.open_nursery() as inner:
                 if config.source == "sim":
                     await inner.start(run_simulator, service)

@@ -1,7 +1,8 @@
 """The service: what every route and transport shares, and the path of a new tick.
 
-:meth:`Service.produce` is the one place a tick enters: history first (ring, then
-the writer's queue), then the hub. Sources call nothing else.
+:meth:`Service.produce` is the one place a tick enters: the ring, then the writer's
+queue. The writer publishes it to the hub (:meth:`Service.publish`) once it is
+written to the segment files. Sources call nothing else.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ class Service:
     metrics: Metrics
     started_at: float = field(default_factory=time.monotonic)
     failures: dict[str, str] = field(default_factory=dict)
-    _published: trio.Event | None = None
 
     @classmethod
     async def open(cls, config: Config) -> Service:
@@ -46,25 +46,31 @@ class Service:
         return service
 
     async def produce(self, tick: EncodedTick) -> None:
-        """Persist-queue ``tick`` and publish it to every client.
+        """Append ``tick`` to history (the ring and the writer's queue).
 
-        Waits only on the writer's bounded queue (and on fsync with ``fsync=always``);
-        never on a client.
+        The writer publishes it (:meth:`publish`) once it is written to the segment
+        files. Waits only on the writer's bounded queue; never on a client.
         """
         await self.history.append(tick)
-        self.history.mark_published(tick.t)
+
+    def publish(self, tick: EncodedTick) -> None:
+        """Hand a written tick to every client (called by the writer, in ``t`` order)."""
         self.hub.publish(tick)
         self.metrics.observe_push(tick)
-        if self._published is not None:
-            self._published.set()
-            self._published = None
+
+    async def run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the history writer, publishing each tick once written (see ``History``)."""
+        await self.history.run_writer(self.publish, task_status=task_status)
 
     async def wait_for_t(self, t: int) -> None:
-        """Wait until tick ``t`` has been published."""
-        while (self.history.latest_t if self.history.latest_t is not None else -1) < t:
-            if self._published is None:
-                self._published = trio.Event()
-            await self._published.wait()
+        """Wait until tick ``t`` has been published.
+
+        Raises:
+            StoreError: the writer failed before publishing ``t``.
+        """
+        await self.history.wait_published(t)
 
     def fail(self, component: str, reason: str) -> None:
         """Record that ``component`` failed; ``/health`` reports it (503)."""

@@ -243,7 +243,7 @@ class StreamSession(Subscriber):
         first: EncodedTick | None = None
         if from_t is None:
             first = history.latest()
-            self.next_t = history.next_t if first is None else first.t + 1
+            self.next_t = history.next_published_t
         else:
             oldest = history.oldest_t
             self.next_t = from_t if oldest is None else max(from_t, oldest)

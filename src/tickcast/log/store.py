@@ -115,9 +115,9 @@ class SegmentStore:
             segment_bytes: roll to a new segment when the data file would exceed this.
             retain_bytes: if > 0, delete oldest segments while data + index bytes exceed it.
             retain_s: if > 0, delete segments last written more than this many seconds ago.
-            fsync: ``"always"`` (before each append returns), ``"interval"`` (on the
-                first append ``fsync_interval_s`` after the last sync) or ``"never"``
-                (``close()`` still syncs).
+            fsync: ``"always"`` (before each append returns), ``"interval"`` (when the
+                writer calls :meth:`sync_if_due` ``fsync_interval_s`` after the last
+                sync) or ``"never"`` (``close()`` still syncs).
             fsync_interval_s: the period for ``fsync="interval"``.
 
         Raises:
@@ -243,10 +243,7 @@ class SegmentStore:
                 if i < n:
                     self._roll()
                     rolled = True
-            if self._opts.fsync == "always" or (
-                self._opts.fsync == "interval"
-                and time.monotonic() - self._last_sync >= self._opts.fsync_interval_s
-            ):
+            if self._opts.fsync == "always":
                 self.sync()
         except OSError as exc:
             if self._writer is None:  # the rollover failed half-way: nowhere to write
@@ -255,15 +252,37 @@ class SegmentStore:
         if rolled:
             self.enforce_retention()
 
-    def sync(self) -> None:
-        """fdatasync the open segment's files now if anything is unsynced.
+    def fits(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` of records can be appended without a rollover.
 
-        With ``fsync="interval"`` call this about every ``fsync_interval_s``
-        while appends pause, so the last ticks do not wait for the next append.
+        An append that fits touches only the open segment's two files: two
+        ``os.write`` calls to the page cache, no fsync (unless ``fsync="always"``),
+        no file creation and no retention.
         """
+        writer = self._writer
+        if writer is None:
+            return False
+        return writer.data_end == 0 or writer.data_end + nbytes <= self._opts.segment_bytes
+
+    def sync(self) -> None:
+        """fdatasync the open segment's files now if anything is unsynced."""
         if self._writer is not None:
             self._writer.sync()
             self._last_sync = time.monotonic()
+
+    def sync_if_due(self) -> bool:
+        """With ``fsync="interval"``, :meth:`sync` if ``fsync_interval_s`` has passed.
+
+        :meth:`append` never syncs for ``"interval"``: the writer calls this after it
+        has handed the appended ticks on, so a periodic fdatasync does not delay them.
+        Returns whether it synced.
+        """
+        if self._opts.fsync != "interval":
+            return False
+        if time.monotonic() - self._last_sync < self._opts.fsync_interval_s:
+            return False
+        self.sync()
+        return True
 
     def _roll(self) -> None:
         """Seal the open segment and start a new one at ``next_t``."""
