@@ -26,8 +26,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from tickcast.log import SegmentStore
-from tickcast.log.segment import index_name
+from tickcast.storage import SegmentStore
+from tickcast.storage.segment import index_name
 
 Row = tuple[str, str, str]
 
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args()
     q = args.quick
-    logging.getLogger("tickcast.log").setLevel(logging.ERROR)  # recovery notes: expected here
+    logging.getLogger("tickcast.storage").setLevel(logging.ERROR)  # recovery notes: expected here
     big_tick, small_tick = tick_maker(2500), tick_maker(200)
     n_append = 20_000 if q else 200_000
     n_always = 300 if q else 3_000

@@ -18,7 +18,7 @@ from tickcast.config import (
     parse_bytes,
 )
 from tickcast.errors import ConfigError, TickcastError
-from tickcast.simulator import DEFAULT_AGENTS
+from tickcast.sources.simulator import DEFAULT_AGENTS
 
 MiB = 2**20
 

@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tickcast.frames import (
+from tickcast.tick import EncodedTick
+from tickcast.transports.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_TEXT,
@@ -20,7 +21,6 @@ from tickcast.frames import (
     message_frame,
     tick_frame,
 )
-from tickcast.tick import EncodedTick
 
 TAIL = b"\x00\x00\xff\xff"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tickcast.hub import Hub, Subscriber
+from tickcast.fanout.hub import Hub, Subscriber
 from tickcast.tick import EncodedTick
 
 TS0 = 1_732_450_000.0

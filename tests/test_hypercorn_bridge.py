@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tickcast.hypercorn_bridge import shape_mismatches
+from tickcast.web.hypercorn_bridge import shape_mismatches
 
 
 def test_hypercorn_internals_have_the_tested_shape() -> None:

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from tickcast.config import Config
-from tickcast.limits import Limits
+from tickcast.fanout.limits import Limits
 
 TEN = ipaddress.ip_network("10.0.0.0/8")
 

@@ -13,7 +13,7 @@ import trio
 from conftest import Running, collect_ticks, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
 from tickcast.service import Service
-from tickcast.wsraw import LIVE_BACKLOG, RawSession
+from tickcast.transports.raw import LIVE_BACKLOG, RawSession
 from wsclient import RawClient, Rejected
 
 WAIT_S = 30  # a deadline for waits on the server, so a regression fails instead of hanging

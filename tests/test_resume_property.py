@@ -29,9 +29,9 @@ from wsproto.events import (
 
 from tickcast.config import Config
 from tickcast.service import Service
-from tickcast.stream import StreamParams
 from tickcast.tick import EncodedTick
-from tickcast.wsraw import RawSession
+from tickcast.transports.raw import RawSession
+from tickcast.transports.session import StreamParams
 
 PAD = "x" * 3000  # ~3 KB ticks, so a few dozen fill the small buffers
 

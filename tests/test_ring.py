@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tickcast.ring import Ring
+from tickcast.storage.ring import Ring
 from tickcast.tick import EncodedTick
 
 TS0 = 1_732_450_000.0
@@ -231,8 +231,8 @@ def test_ring_holds_the_encoded_bytes() -> None:
 
 
 def test_caches_of_aged_ticks_are_dropped() -> None:
-    from tickcast.frames import tick_frame
-    from tickcast.ring import CACHE_TICKS
+    from tickcast.storage.ring import CACHE_TICKS
+    from tickcast.transports.frames import tick_frame
 
     ring = Ring(CACHE_TICKS * 2)
     ticks = []

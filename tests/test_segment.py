@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from tickcast.errors import CorruptRecordError
-from tickcast.log import SegmentStore
-from tickcast.log.segment import (
+from tickcast.storage import SegmentStore
+from tickcast.storage.segment import (
     ENTRY_SIZE,
     HEADER_SIZE,
     Segment,

@@ -12,7 +12,14 @@ from typing import Any
 import orjson
 import pytest
 
-from tickcast.simulator import DEFAULT_AGENTS, INITIAL_PRICE, PRICE_SCALE, Market, _auction, _Order
+from tickcast.sources.simulator import (
+    DEFAULT_AGENTS,
+    INITIAL_PRICE,
+    PRICE_SCALE,
+    Market,
+    _auction,
+    _Order,
+)
 
 TS0 = 1_732_450_000.0
 
@@ -89,7 +96,7 @@ def test_same_seed_same_ticks() -> None:
 def test_same_seed_same_ticks_across_processes() -> None:
     """The per-tick randomness must not depend on the (salted) str hash of a process."""
     code = (
-        "import orjson, sys; from tickcast.simulator import Market; m = Market(seed=42);"
+        "import orjson, sys; from tickcast.sources.simulator import Market; m = Market(seed=42);"
         "sys.stdout.buffer.write(orjson.dumps([m.step(t, 0.0) for t in range(20)]))"
     )
     outputs = set()

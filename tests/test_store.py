@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from tickcast.errors import CorruptRecordError, StoreError
-from tickcast.log import SegmentStore
-from tickcast.log.segment import ENTRY_SIZE, HEADER_SIZE, data_name, encode_header, index_name
+from tickcast.storage import SegmentStore
+from tickcast.storage.segment import ENTRY_SIZE, HEADER_SIZE, data_name, encode_header, index_name
 
 WIDTH = 100  # every tick line below is WIDTH bytes of JSON + b"\n"
 PER_SEGMENT = 10
@@ -325,7 +325,7 @@ def test_index_entries_past_the_data_end_are_dropped(
     crash(store, tmp_path)
     data = tmp_path / data_name(10)
     os.truncate(data, 2 * (WIDTH + 1))
-    with caplog.at_level(logging.WARNING, logger="tickcast.log"):
+    with caplog.at_level(logging.WARNING, logger="tickcast.storage"):
         store = open_store()
     assert [r.getMessage() for r in caplog.records] == [
         f"recovery: {tmp_path / index_name(10)}: dropped 3 entries pointing past the data end"
@@ -350,7 +350,7 @@ def test_invalid_data_after_the_last_record_is_cut(
     data = tmp_path / data_name(10)
     good = data.read_bytes()
     data.write_bytes(good + junk)
-    with caplog.at_level(logging.WARNING, logger="tickcast.log"):
+    with caplog.at_level(logging.WARNING, logger="tickcast.storage"):
         store = open_store()
     assert store.latest_t == 12 and data.read_bytes() == good
     cut = f"{data}: cut {len(junk)} bytes at offset {len(good)}"
@@ -467,7 +467,7 @@ def test_flipped_byte_is_detected_and_reported(
     raw = bytearray(data.read_bytes())
     raw[offset + WIDTH // 2] ^= 0x01
     data.write_bytes(bytes(raw))
-    with caplog.at_level(logging.ERROR, logger="tickcast.log"):
+    with caplog.at_level(logging.ERROR, logger="tickcast.storage"):
         for _ in range(2):
             with pytest.raises(CorruptRecordError) as info:
                 store.read(bad_t - 3, 10)

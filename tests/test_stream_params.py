@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from tickcast.stream import BadParam, StreamParams, client_reply, parse_stream_params
+from tickcast.transports.session import BadParam, StreamParams, client_reply, parse_stream_params
 
 # -- parse_stream_params --------------------------------------------------------------
 

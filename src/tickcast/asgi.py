@@ -14,9 +14,9 @@ from typing import Any
 
 import trio
 
-from .app import attach, create_app
-from .config import from_sources
-from .server import run_service
+from tickcast.config import from_sources
+from tickcast.server import run_service
+from tickcast.web.app import attach, create_app
 
 __all__ = ["app", "quart_app"]
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import trio
 
-from . import __version__
-from .config import add_arguments, describe, from_sources
-from .errors import ConfigError, TickcastError
+from tickcast import __version__
+from tickcast.config import add_arguments, describe, from_sources
+from tickcast.errors import ConfigError, TickcastError
 
 __all__ = ["main"]
 
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tickcast: error: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("tickcast").info("settings: %s", " ".join(describe(config)))
-    from .server import serve_until_signal
+    from tickcast.server import serve_until_signal
 
     try:
         trio.run(serve_until_signal, config)
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _publish(args: dict[str, object]) -> int:
-    from .publisher import run_publish
+    from tickcast.publisher import run_publish
 
     token, batch = args["token"], args["batch"]
     if not token:

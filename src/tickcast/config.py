@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError
+from tickcast.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "Config", "add_arguments", "describe", "from_sources", "parse_bytes"]
 
@@ -31,7 +31,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _default_agents() -> int:
-    from .simulator import DEFAULT_AGENTS
+    from tickcast.sources.simulator import DEFAULT_AGENTS
 
     return DEFAULT_AGENTS
 

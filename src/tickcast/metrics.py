@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .tick import EncodedTick
+from tickcast.tick import EncodedTick
 
 if TYPE_CHECKING:
-    from .service import Service
+    from tickcast.service import Service
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import orjson
 
-from .errors import TickcastError
+from tickcast.errors import TickcastError
 
 __all__ = ["PublishError", "Publisher", "publish_lines"]
 

@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .app import attach, create_app
-from .config import Config
-from .frontdoor import listen, serve_frontdoor
-from .service import Service
-from .source import run_simulator
+from tickcast.config import Config
+from tickcast.service import Service
+from tickcast.sources.simulated import run_simulator
+from tickcast.web.app import attach, create_app
+from tickcast.web.frontdoor import listen, serve_frontdoor
 
 __all__ = ["serve", "serve_until_signal"]
 

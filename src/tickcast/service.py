@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .config import Config
-from .history import History
-from .hub import Hub
-from .limits import Limits
-from .metrics import Metrics
-from .tick import EncodedTick
+from tickcast.config import Config
+from tickcast.fanout.hub import Hub
+from tickcast.fanout.limits import Limits
+from tickcast.metrics import Metrics
+from tickcast.storage.history import History
+from tickcast.tick import EncodedTick
 
 __all__ = ["Service"]
 

@@ -22,7 +22,7 @@ any other client, and the hub's memory is the subscriber set.
 
 from __future__ import annotations
 
-from .tick import EncodedTick
+from tickcast.tick import EncodedTick
 
 __all__ = ["Hub", "Subscriber"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 
-from .config import Config, Network
+from tickcast.config import Config, Network
 
 __all__ = ["Limits"]
 

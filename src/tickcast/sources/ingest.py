@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .tick import OPTIONAL_KEYS
+from tickcast.tick import OPTIONAL_KEYS
 
 __all__ = ["MAX_INGEST_BYTES", "build_tick"]
 

@@ -9,10 +9,10 @@ import time
 import orjson
 import trio
 
-from .errors import StoreError
-from .service import Service
-from .simulator import Market
-from .tick import EncodedTick
+from tickcast.errors import StoreError
+from tickcast.service import Service
+from tickcast.sources.simulator import Market
+from tickcast.tick import EncodedTick
 
 __all__ = ["run_simulator"]
 

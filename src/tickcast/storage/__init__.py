@@ -3,6 +3,6 @@
 See ``docs/storage.md`` for the file format and :class:`SegmentStore` for the API.
 """
 
-from .store import CLEAN_NAME, EPOCH_NAME, LOCK_NAME, FsyncPolicy, SegmentStore
+from tickcast.storage.store import CLEAN_NAME, EPOCH_NAME, LOCK_NAME, FsyncPolicy, SegmentStore
 
 __all__ = ["CLEAN_NAME", "EPOCH_NAME", "LOCK_NAME", "FsyncPolicy", "SegmentStore"]

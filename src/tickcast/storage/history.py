@@ -32,11 +32,11 @@ from collections.abc import Callable
 
 import trio
 
-from .config import Config
-from .errors import StoreError
-from .log import SegmentStore
-from .ring import Ring
-from .tick import EncodedTick
+from tickcast.config import Config
+from tickcast.errors import StoreError
+from tickcast.storage import SegmentStore
+from tickcast.storage.ring import Ring
+from tickcast.tick import EncodedTick
 
 __all__ = ["History"]
 

@@ -7,7 +7,7 @@ are O(1) (slot ``t % capacity``).
 
 from __future__ import annotations
 
-from .tick import EncodedTick
+from tickcast.tick import EncodedTick
 
 __all__ = ["CACHE_TICKS", "Ring"]
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import orjson
 
-from ..errors import CorruptRecordError
+from tickcast.errors import CorruptRecordError
 
 __all__ = [
     "ENTRY",

@@ -32,8 +32,16 @@ from typing import Literal, NamedTuple, get_args
 
 import orjson
 
-from ..errors import CorruptRecordError, StoreError
-from .segment import ENTRY, Segment, SegmentWriter, index_name, parse_name, sync_dir, write_atomic
+from tickcast.errors import CorruptRecordError, StoreError
+from tickcast.storage.segment import (
+    ENTRY,
+    Segment,
+    SegmentWriter,
+    index_name,
+    parse_name,
+    sync_dir,
+    write_atomic,
+)
 
 __all__ = ["CLEAN_NAME", "EPOCH_NAME", "LOCK_NAME", "FsyncPolicy", "SegmentStore"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from .tick import EncodedTick, Fields
+from tickcast.tick import EncodedTick, Fields
 
 __all__ = [
     "OP_BINARY",

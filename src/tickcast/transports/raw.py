@@ -28,10 +28,11 @@ import trio
 from wsproto import WSConnection
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from .errors import CorruptRecordError, ProtocolError
-from .frames import close_frame, message_frame, tick_frame
-from .service import Service
-from .stream import (
+from tickcast.errors import CorruptRecordError, ProtocolError
+from tickcast.service import Service
+from tickcast.tick import EncodedTick, batch_message
+from tickcast.transports.frames import close_frame, message_frame, tick_frame
+from tickcast.transports.session import (
     MAX_CLIENT_MESSAGE,
     SlowConsumer,
     StreamParams,
@@ -39,7 +40,6 @@ from .stream import (
     client_reply,
     too_big,
 )
-from .tick import EncodedTick, batch_message
 
 __all__ = ["RawSession"]
 

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from . import __version__
-from .errors import CorruptRecordError, ProtocolError
-from .hub import Subscriber
-from .tick import EncodedTick, Fields, batch_message, encode_message, parse_fields
+from tickcast import __version__
+from tickcast.errors import CorruptRecordError, ProtocolError
+from tickcast.fanout.hub import Subscriber
+from tickcast.tick import EncodedTick, Fields, batch_message, encode_message, parse_fields
 
 if TYPE_CHECKING:
-    from .service import Service
+    from tickcast.service import Service
 
 __all__ = [
     "CATCH_UP_CHUNK",

@@ -25,12 +25,13 @@ from quart_schema import QuartSchema, document_querystring, document_response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import __version__
-from .errors import CorruptRecordError, ProtocolError
-from .ingest import MAX_INGEST_BYTES, build_tick
-from .metrics import CONTENT_TYPE
-from .service import Service
-from .stream import (
+from tickcast import __version__
+from tickcast.errors import CorruptRecordError, ProtocolError
+from tickcast.metrics import CONTENT_TYPE
+from tickcast.service import Service
+from tickcast.sources.ingest import MAX_INGEST_BYTES, build_tick
+from tickcast.tick import EncodedTick
+from tickcast.transports.session import (
     MAX_CLIENT_MESSAGE,
     BadParam,
     SlowConsumer,
@@ -42,7 +43,6 @@ from .stream import (
     parse_stream_params,
     too_big,
 )
-from .tick import EncodedTick
 
 __all__ = ["attach", "create_app"]
 
@@ -202,13 +202,13 @@ def create_app() -> QuartTrio:
     @app.get("/")
     async def dashboard() -> Response:
         """The live dashboard."""
-        page = resources.files("tickcast").joinpath("static/dashboard.html").read_bytes()
+        page = resources.files("tickcast").joinpath("web/static/dashboard.html").read_bytes()
         return Response(page, content_type="text/html; charset=utf-8")
 
     @app.get("/docs")
     async def docs() -> Response:
         """A readable page of the OpenAPI description (no CDN needed)."""
-        page = resources.files("tickcast").joinpath("static/docs.html").read_bytes()
+        page = resources.files("tickcast").joinpath("web/static/docs.html").read_bytes()
         return Response(page, content_type="text/html; charset=utf-8")
 
     @app.websocket("/ws/stream")

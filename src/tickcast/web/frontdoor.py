@@ -24,10 +24,10 @@ from wsproto.events import AcceptConnection, RejectConnection, RejectData, Reque
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
-from .hypercorn_bridge import HypercornHandler
-from .service import Service
-from .stream import BadParam, parse_stream_params
-from .wsraw import RawSession
+from tickcast.service import Service
+from tickcast.transports.raw import RawSession
+from tickcast.transports.session import BadParam, parse_stream_params
+from tickcast.web.hypercorn_bridge import HypercornHandler
 
 __all__ = ["PrefixedStream", "listen", "serve_frontdoor"]
 
