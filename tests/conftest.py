@@ -22,6 +22,7 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from tickcast.config import Config
+from tickcast.producer import Producer
 from tickcast.server import serve
 from tickcast.service import Service
 
@@ -48,6 +49,7 @@ class Running(_Addresses):
     port: int
     service: Service
     config: Config
+    producer: Producer
 
     async def get(self, path: str) -> httpx.Response:
         async with httpx.AsyncClient() as client:
@@ -76,13 +78,13 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 async def running(config: Config) -> AsyncIterator[Running]:
     """Serve ``config`` until the block ends, then stop it cleanly."""
     stop = trio.Event()
-    service = await Service.open(config)
+    producer = await Producer.open(config)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(
-            partial(serve, config, service=service, shutdown_trigger=stop.wait)
+            partial(serve, config, producer=producer, shutdown_trigger=stop.wait)
         )
         try:
-            yield Running(port, service, config)
+            yield Running(port, producer.service, config, producer)
         finally:
             stop.set()
 

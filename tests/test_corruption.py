@@ -36,7 +36,7 @@ def flip_byte_of_record(data_dir: Path, t: int) -> tuple[Path, int]:
 async def small_ring(tmp_path: Path) -> Running:  # type: ignore[misc]
     async with running(make_config(tmp_path, ring_size=20, rate=300.0)) as srv:
         await srv.wait_for_t(120)
-        await trio.to_thread.run_sync(srv.service.history.store.sync)
+        await trio.to_thread.run_sync(srv.producer.log.store.sync)
         yield srv
 
 

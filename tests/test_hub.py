@@ -62,12 +62,9 @@ def test_base_subscriber_must_be_subclassed() -> None:
 def test_empty_hub() -> None:
     hub = Hub(lag_limit=10)
     assert len(hub) == 0
-    assert hub.latest is None
     assert hub.subscribers() == []
-    x = tick(0)
-    hub.publish(x)
-    assert hub.latest is x
-    assert hub.published == 1
+    hub.publish(tick(0))
+    assert hub.statistics().published == 1
 
 
 def test_publish_delivers_to_live_subs_in_order() -> None:
@@ -80,9 +77,8 @@ def test_publish_delivers_to_live_subs_in_order() -> None:
     # The very objects published, not copies.
     assert all(x is y for x, y in zip(a.buffer, ticks, strict=True))
     assert a.next_t == b.next_t == 5
-    assert hub.published == 5
-    assert hub.latest is ticks[-1]
-    assert (hub.fell_behind, hub.evicted) == (0, 0)
+    stats = hub.statistics()
+    assert (stats.published, stats.fell_behind, stats.slow_closes) == (5, 0, 0)
 
 
 def test_full_sub_becomes_not_live_and_fell_behind_is_called_once() -> None:
@@ -94,7 +90,7 @@ def test_full_sub_becomes_not_live_and_fell_behind_is_called_once() -> None:
     publish(hub, 0, 6)
     assert slow.live is False
     assert slow.fell_behind_calls == 1
-    assert hub.fell_behind == 1
+    assert hub.statistics().fell_behind == 1
     assert slow.got() == [0, 1]
     assert slow.next_t == 2  # where its catch-up resumes
     # The slow subscriber never delays or starves the others.
@@ -113,7 +109,7 @@ def test_not_live_sub_is_not_delivered_to() -> None:
     publish(hub, 0, 5)
     assert sub.buffer == []
     assert sub.fell_behind_calls == 0
-    assert hub.fell_behind == 0
+    assert hub.statistics().fell_behind == 0
 
 
 def test_sub_can_rejoin_after_catching_up() -> None:
@@ -131,7 +127,7 @@ def test_sub_can_rejoin_after_catching_up() -> None:
     assert sub.fell_behind_calls == 1
     publish(hub, 4, 1)  # full again
     assert sub.fell_behind_calls == 2
-    assert hub.fell_behind == 2
+    assert hub.statistics().fell_behind == 2
 
 
 def test_lagging_past_the_limit_is_evicted() -> None:
@@ -148,18 +144,18 @@ def test_lagging_past_the_limit_is_evicted() -> None:
     publish(hub, 1, 2)
     assert sub.evict_calls == 0
     assert sub in hub.subscribers()
-    assert hub.evicted == 0
+    assert hub.statistics().slow_closes == 0
     # t=3: lag 4 > lag_limit: evicted.
     publish(hub, 3, 1)
     assert sub.evict_calls == 1
     assert sub not in hub.subscribers()
     assert len(hub) == 1
-    assert hub.evicted == 1
+    assert hub.statistics().slow_closes == 1
     assert hub.subscribers() == [other]
     # Gone for good: later ticks do not evict it again.
     publish(hub, 4, 3)
     assert sub.evict_calls == 1
-    assert hub.evicted == 1
+    assert hub.statistics().slow_closes == 1
     assert other.got() == list(range(7))
 
 
@@ -181,7 +177,7 @@ def test_lag_boundary(lag_limit: int, next_t: int, t: int, evicted: bool) -> Non
     hub.publish(tick(t))
     assert (sub.evict_calls == 1) is evicted
     assert (sub in hub.subscribers()) is not evicted
-    assert hub.evicted == int(evicted)
+    assert hub.statistics().slow_closes == int(evicted)
 
 
 def test_live_sub_is_never_evicted_for_lag() -> None:
@@ -204,7 +200,7 @@ def test_ticks_before_next_t_are_skipped_for_live_subs() -> None:
     assert future.got() == [5, 6, 7]
     assert now.got() == list(range(8))
     assert future.fell_behind_calls == 0
-    assert hub.fell_behind == 0
+    assert hub.statistics().fell_behind == 0
 
 
 def test_skipped_ticks_do_not_count_as_refusals() -> None:

@@ -46,7 +46,7 @@ async def test_resume_from_ring_then_live(server: Running) -> None:
 async def test_resume_from_segment_files_then_ring_then_live(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, ring_size=25, rate=400.0)) as srv:
         await srv.wait_for_t(300)
-        assert srv.service.history.ring.oldest_t > 5  # t=5 is only on disk
+        assert srv.producer.log.ring.oldest_t > 5  # t=5 is only on disk
         async with open_websocket_url(srv.ws_url("?from_t=5")) as ws:
             hello = await recv_json(ws)
             ticks = await collect_ticks(ws, 400)
@@ -159,7 +159,7 @@ async def test_stalled_client_is_closed_4008_and_others_get_every_tick(tmp_path:
             # plus one message, however far behind it falls.
             held = []
             with trio.fail_after(WAIT_S):
-                while service.hub.evicted == 0:
+                while service.hub.statistics().slow_closes == 0:
                     held += [
                         s._out_bytes
                         for s in service.hub.subscribers()
@@ -169,7 +169,7 @@ async def test_stalled_client_is_closed_4008_and_others_get_every_tick(tmp_path:
             # Evicted: the stalled client reads from now on (it must not depend on how
             # long the readers take whether its close grace has run out).
             nursery.start_soon(drain_stalled)
-            biggest_message = max(len(t.raw) for t in service.history.ring.range(start, 100))
+            biggest_message = max(len(t.raw) for t in srv.producer.log.ring.range(start, 100))
             assert held and max(held) <= LIVE_BACKLOG + biggest_message + 64
             assert service.limits.total == 5  # the stalled client's slot is free already
             end.append((service.history.latest_t or 0) + 20)
@@ -205,7 +205,7 @@ async def test_evicted_slot_is_released_at_once_and_socket_within_grace(tmp_path
                 await service.wait_for_t((service.history.latest_t or 0) + 1)
         session = sessions[0]
         assert isinstance(session, RawSession)
-        await wait_until(service, lambda: service.hub.evicted == 1)
+        await wait_until(service, lambda: service.hub.statistics().slow_closes == 1)
         assert service.limits.total == 0
         # The same address may connect again immediately (per-IP limit 1).
         async with open_websocket_url(srv.ws_url()) as ws:
@@ -229,14 +229,14 @@ async def test_short_stall_catches_up_losslessly(tmp_path: Path) -> None:
         hello = await client.message()
         assert hello is not None
         # Stop reading until the server has had to fall back to history for us.
-        await wait_until(srv.service, lambda: srv.service.hub.fell_behind >= 1)
+        await wait_until(srv.service, lambda: srv.service.hub.statistics().fell_behind >= 1)
         target = (srv.service.history.latest_t or 0) + 20
         got: list[dict[str, Any]] = []
         while not got or got[-1]["t"] < target:
             got += await client.ticks(1)
         client.aclose()
         assert consecutive(got, hello["latest_t"])
-        assert srv.service.hub.evicted == 0
+        assert srv.service.hub.statistics().slow_closes == 0
 
 
 # -- compression -------------------------------------------------------------------------

@@ -28,10 +28,10 @@ from wsproto.events import (
 )
 
 from tickcast.config import Config
-from tickcast.service import Service
+from tickcast.producer import Producer
 from tickcast.tick import EncodedTick
+from tickcast.transports.params import StreamParams
 from tickcast.transports.raw import RawSession
-from tickcast.transports.session import StreamParams
 
 PAD = "x" * 3000  # ~3 KB ticks, so a few dozen fill the small buffers
 
@@ -150,11 +150,12 @@ async def scenario(
         fsync="never",
         heartbeat_s=3600.0,
     )
-    service = await Service.open(config)
+    producer = await Producer.open(config)
+    service = producer.service
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run_writer)
+        await nursery.start(producer.run_writer)
         for t in range(history_len):
-            await service.produce(make_tick(t))
+            await producer.produce(make_tick(t))
         await service.wait_for_t(history_len - 1)  # the writer publishes once written
         server_sock, client_sock = socket_pair()
         server_ws, client_ws = handshake()
@@ -174,8 +175,8 @@ async def scenario(
         for action, n in plan:
             if action == "produce":
                 for _ in range(n):
-                    await service.produce(make_tick(service.history.next_t))
-                await service.wait_for_t(service.history.next_t - 1)
+                    await producer.produce(make_tick(producer.log.next_t))
+                await service.wait_for_t(producer.log.next_t - 1)
             else:
                 client.read_available(n)
             await trio.testing.wait_all_tasks_blocked()

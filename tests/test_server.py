@@ -45,7 +45,7 @@ async def test_tick_shape_and_identical_bytes_everywhere(server: Running) -> Non
     r = await server.get(f"/incremental?from_t={tick['t']}&limit=1")
     body = r.content
     assert raw.encode() in body
-    await trio.to_thread.run_sync(server.service.history.store.sync)
+    await trio.to_thread.run_sync(server.producer.log.store.sync)
     lines = b"".join(p.read_bytes() for p in sorted(server.config.data_dir.glob("*.jsonl")))
     assert raw.encode() + b"\n" in lines
 
@@ -139,7 +139,7 @@ async def test_health(server: Running) -> None:
 
 
 async def test_health_degraded_when_writer_fails(server: Running) -> None:
-    server.service.history._fail("disk on fire")
+    server.producer.log._fail("disk on fire")
     r = await server.get("/health")
     assert r.status_code == 503
     body = r.json()

@@ -7,7 +7,8 @@ import time
 import orjson
 import pytest
 
-from tickcast.transports.session import BadParam, StreamParams, client_reply, parse_stream_params
+from tickcast.transports.params import BadParam, StreamParams, parse_stream_params
+from tickcast.transports.session import client_reply
 
 # -- parse_stream_params --------------------------------------------------------------
 

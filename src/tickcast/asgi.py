@@ -15,8 +15,9 @@ from typing import Any
 import trio
 
 from tickcast.config import from_sources
-from tickcast.server import run_service
+from tickcast.server import run_producer
 from tickcast.web.app import attach, create_app
+from tickcast.web.lifespan import app_lifespan
 
 __all__ = ["app", "quart_app"]
 
@@ -34,12 +35,13 @@ async def _lifespan(receive: Any, send: Any) -> None:
     try:
         config = from_sources({})
         async with trio.open_nursery() as nursery:
-            service = await nursery.start(run_service, config)
-            attach(quart_app, service)
-            await send({"type": "lifespan.startup.complete"})
-            started = True
-            message = await receive()
-            attach(quart_app, None)
+            producer = await nursery.start(run_producer, config)
+            async with app_lifespan(quart_app):
+                attach(quart_app, producer.service, producer=producer)
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                message = await receive()
+                attach(quart_app, None)
             nursery.cancel_scope.cancel()
     except Exception as exc:
         attach(quart_app, None)

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+
 __all__ = [
     "ConfigError",
     "CorruptRecordError",
     "ProtocolError",
     "StoreError",
     "TickcastError",
+    "error_body",
 ]
 
 
@@ -69,3 +72,8 @@ class CorruptRecordError(StoreError):
     def __str__(self) -> str:
         which = "record" if self.t is None else f"record t={self.t}"
         return f"corrupt {which} in {self.path} at byte {self.offset}: {self.reason}"
+
+
+def error_body(error: str, detail: str) -> bytes:
+    """The JSON body of every HTTP error: ``{"error": ..., "detail": ...}``."""
+    return orjson.dumps({"error": error, "detail": detail})

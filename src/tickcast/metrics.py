@@ -1,35 +1,48 @@
-"""Prometheus metrics: plain counters on the hot path, rendered at scrape time.
+"""Prometheus metrics: counters kept by each component, read at scrape time.
 
-The hot path only increments integers (``messages_sent += 1``); the push latency
-histogram is observed once per tick (when the hub has handed it to every live
-client), not once per client. Each :class:`Metrics` has its own registry, so
-several services can live in one process (tests).
+Components keep their own counters and expose frozen ``statistics()`` snapshots;
+:class:`Metrics` reads one :class:`ServiceStatistics` per scrape and renders it.
+Only the push-latency and GC-pause histograms are observed here (once per tick,
+not once per client). Each :class:`Metrics` has its own registry, so several
+services can live in one process (tests).
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tickcast.fanout.hub import HubStatistics
+from tickcast.fanout.limits import LimitsStatistics
+from tickcast.fanout.traffic import TrafficStatistics
+from tickcast.storage.history import HistoryStatistics
 from tickcast.tick import EncodedTick
 
-if TYPE_CHECKING:
-    from tickcast.service import Service
-
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "ServiceStatistics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceStatistics:
+    """Everything ``/metrics`` shows, read in one step."""
+
+    history: HistoryStatistics
+    hub: HubStatistics
+    limits: LimitsStatistics
+    traffic: TrafficStatistics
+    extra: tuple[tuple[str, str, float], ...] = ()  # (name, help, value) gauges of a role
+
+
 class Metrics(Collector):
-    """Counters incremented by transports, plus gauges read off the service."""
+    """The histograms, plus the components' counters read through ``snapshot``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -46,13 +59,11 @@ class Metrics(Collector):
             registry=self.registry,
         )
         self._gc_started = 0.0
-        self.messages_sent = 0
-        self.bytes_sent = 0
-        self.connections_total = 0
-        self._service: Service | None = None
+        self._snapshot: Callable[[], ServiceStatistics] | None = None
 
-    def bind(self, service: Service) -> None:
-        self._service = service
+    def bind(self, snapshot: Callable[[], ServiceStatistics]) -> None:
+        """Read the service's counters through ``snapshot`` at each scrape."""
+        self._snapshot = snapshot
         self.registry.register(self)
 
     def watch_gc(self) -> None:
@@ -77,55 +88,55 @@ class Metrics(Collector):
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
-        svc = self._service
-        if svc is None:
+        if self._snapshot is None:
             return
+        st = self._snapshot()
         yield GaugeMetricFamily(
-            "tickcast_connections", "Open WebSocket connections.", value=svc.limits.total
+            "tickcast_connections", "Open WebSocket connections.", value=st.limits.open
         )
         yield CounterMetricFamily(
-            "tickcast_connections",
-            "WebSocket connections accepted.",
-            value=self.connections_total,
+            "tickcast_connections", "WebSocket connections accepted.", value=st.traffic.accepted
         )
         yield CounterMetricFamily(
             "tickcast_refused_connections",
             "Connections refused by a limit (HTTP 429).",
-            value=svc.limits.refused,
+            value=st.limits.refused,
         )
         yield CounterMetricFamily(
-            "tickcast_ticks_produced", "Ticks published.", value=svc.hub.published
+            "tickcast_ticks_produced", "Ticks published.", value=st.hub.published
         )
         yield CounterMetricFamily(
-            "tickcast_messages_sent", "WebSocket messages sent.", value=self.messages_sent
+            "tickcast_messages_sent", "WebSocket messages sent.", value=st.traffic.messages
         )
         yield CounterMetricFamily(
-            "tickcast_bytes_sent", "WebSocket payload bytes sent.", value=self.bytes_sent
+            "tickcast_bytes_sent", "WebSocket payload bytes sent.", value=st.traffic.payload_bytes
         )
         yield CounterMetricFamily(
             "tickcast_fell_behind",
             "Times a live client fell back to catching up from history.",
-            value=svc.hub.fell_behind,
+            value=st.hub.fell_behind,
         )
         yield CounterMetricFamily(
             "tickcast_slow_consumer_closes",
             "Connections closed with 4008.",
-            value=svc.hub.evicted,
+            value=st.hub.slow_closes,
         )
         yield GaugeMetricFamily(
             "tickcast_segment_bytes",
             "Bytes of segment data and index on disk.",
-            value=svc.history.store.total_bytes,
+            value=st.history.segment_bytes,
         )
         yield GaugeMetricFamily(
-            "tickcast_segments", "Segment files on disk.", value=svc.history.store.segment_count
+            "tickcast_segments", "Segment files on disk.", value=st.history.segments
         )
         yield GaugeMetricFamily(
             "tickcast_ring_bytes",
             "Bytes of tick JSON held in the ring.",
-            value=svc.history.ring.nbytes,
+            value=st.history.ring_bytes,
         )
-        latest = svc.history.latest_t
+        latest = st.history.latest_t
         yield GaugeMetricFamily(
             "tickcast_latest_t", "Latest published t.", value=-1 if latest is None else latest
         )
+        for name, help_text, value in st.extra:
+            yield GaugeMetricFamily(name, help_text, value=value)

@@ -3,13 +3,14 @@
 ::
 
     serve()                          outer nursery
-    ├── Service.run_writer           segment writer; publishes each tick once written
+    ├── Producer.run_writer          segment writer; publishes each tick once written
     └── inner nursery
         ├── run_simulator            the source (or nothing: POST /ingest feeds it)
-        └── serve_frontdoor          listener: /ws/stream -> wsraw, rest -> Hypercorn/Quart
+        ├── app_lifespan             the Quart app's startup/shutdown hooks, app.nursery
+        └── serve_frontdoor          listener: /ws/stream -> raw session, rest -> Hypercorn
 
 Shutdown is cancellation, inner first: the source stops and every stream client
-gets close 1001 (bounded by ``close_grace_s``), then the writer is cancelled,
+gets close 1001 (bounded by 2 s), then the writer is cancelled,
 writes what is queued, fsyncs and closes the store. Every tick a client received
 was queued for the writer before it was published, so it is on disk after a clean
 stop.
@@ -25,31 +26,34 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from tickcast.config import Config
-from tickcast.service import Service
+from tickcast.producer import Producer
 from tickcast.sources.simulated import run_simulator
 from tickcast.web.app import attach, create_app
 from tickcast.web.frontdoor import listen, serve_frontdoor
+from tickcast.web.lifespan import app_lifespan
 
-__all__ = ["serve", "serve_until_signal"]
+__all__ = ["run_producer", "serve", "serve_until_signal"]
 
 log = logging.getLogger("tickcast.server")
 
 
-async def run_service(
+async def run_producer(
     config: Config,
     *,
-    task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
+    producer: Producer | None = None,
+    task_status: trio.TaskStatus[Producer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Open history and run the writer and the source until cancelled (no listener).
 
     ``asgi.py`` uses this under a stock Hypercorn; :func:`serve` adds the listener.
     """
-    service = await Service.open(config)
+    if producer is None:
+        producer = await Producer.open(config)
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run_writer)
+        await nursery.start(producer.run_writer)
         if config.source == "sim":
-            await nursery.start(run_simulator, service)
-        task_status.started(service)
+            await nursery.start(run_simulator, producer)
+        task_status.started(producer)
         await trio.sleep_forever()
 
 
@@ -57,26 +61,27 @@ async def serve(
     config: Config,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
-    service: Service | None = None,
+    producer: Producer | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run tickcast until ``shutdown_trigger`` returns (or forever), then stop cleanly.
 
     ``task_status.started`` receives the bound port (useful with ``port=0``).
-    ``service`` lets a caller (tests, embedding) open the service itself.
+    ``producer`` lets a caller (tests, embedding) open the producer itself.
     """
-    if service is None:
-        service = await Service.open(config)
+    if producer is None:
+        producer = await Producer.open(config)
+    service = producer.service
     app = create_app()
-    attach(app, service)
+    attach(app, service, producer=producer)
     lsock = listen(config.host, config.port)
     port = int(lsock.getsockname()[1])
     try:
         async with trio.open_nursery() as outer:
-            await outer.start(service.run_writer)
-            async with trio.open_nursery() as inner:
+            await outer.start(producer.run_writer)
+            async with trio.open_nursery() as inner, app_lifespan(app):
                 if config.source == "sim":
-                    await inner.start(run_simulator, service)
+                    await inner.start(run_simulator, producer)
                 await inner.start(serve_frontdoor, service, app, lsock)
                 log.info("tickcast listening on http://%s:%d", config.host, port)
                 gc.collect()

@@ -1,8 +1,10 @@
-"""The service: what every route and transport shares, and the path of a new tick.
+"""The service: what every route and session shares, in either role.
 
-:meth:`Service.produce` is the one place a tick enters: the ring, then the writer's
-queue. The writer publishes it to the hub (:meth:`Service.publish`) once it is
-written to the segment files. Sources call nothing else.
+A :class:`Service` is the same for the producer (history from its own segment
+files, see ``producer.py``) and for a scale-out edge (history from a Redis
+stream): config, a :class:`~tickcast.storage.history.History`, the hub, the
+connection limits, the traffic counters and the metrics. Its role feeds it
+through :meth:`Service.publish`, once per tick, in ``t`` order.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import trio
-
 from tickcast.config import Config
 from tickcast.fanout.hub import Hub
 from tickcast.fanout.limits import Limits
-from tickcast.metrics import Metrics
+from tickcast.fanout.traffic import Traffic
+from tickcast.metrics import Metrics, ServiceStatistics
 from tickcast.storage.history import History
 from tickcast.tick import EncodedTick
 
@@ -33,42 +34,30 @@ class Service:
     history: History
     hub: Hub
     limits: Limits
+    traffic: Traffic
     metrics: Metrics
     started_at: float = field(default_factory=time.monotonic)
     failures: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    async def open(cls, config: Config) -> Service:
-        history = await History.open(config)
-        hub = Hub(lag_limit=config.lag_limit)
-        service = cls(config, history, hub, Limits(config), Metrics())
-        service.metrics.bind(service)
+    def create(cls, config: Config, history: History) -> Service:
+        """A service over ``history``, its metrics bound to its counters."""
+        service = cls(
+            config, history, Hub(lag_limit=config.lag_limit), Limits(config), Traffic(), Metrics()
+        )
+        service.metrics.bind(service.statistics)
         return service
 
-    async def produce(self, tick: EncodedTick) -> None:
-        """Append ``tick`` to history (the ring and the writer's queue).
-
-        The writer publishes it (:meth:`publish`) once it is written to the segment
-        files. Waits only on the writer's bounded queue; never on a client.
-        """
-        await self.history.append(tick)
-
     def publish(self, tick: EncodedTick) -> None:
-        """Hand a written tick to every client (called by the writer, in ``t`` order)."""
+        """Hand a published tick to every client (its role calls this, in ``t`` order)."""
         self.hub.publish(tick)
         self.metrics.observe_push(tick)
-
-    async def run_writer(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Run the history writer, publishing each tick once written (see ``History``)."""
-        await self.history.run_writer(self.publish, task_status=task_status)
 
     async def wait_for_t(self, t: int) -> None:
         """Wait until tick ``t`` has been published.
 
         Raises:
-            StoreError: the writer failed before publishing ``t``.
+            StoreError: the history failed before publishing ``t``.
         """
         await self.history.wait_published(t)
 
@@ -77,10 +66,23 @@ class Service:
         log.error("%s failed: %s", component, reason)
         self.failures[component] = reason
 
+    def recover(self, component: str) -> None:
+        """Clear a failure recorded with :meth:`fail` (the component works again)."""
+        if self.failures.pop(component, None) is not None:
+            log.info("%s recovered", component)
+
     def health(self) -> tuple[bool, list[str]]:
         ok, reasons = self.history.health()
         reasons = [f"{k} failed: {v}" for k, v in self.failures.items()] + reasons
         return ok and not self.failures, reasons
+
+    def statistics(self) -> ServiceStatistics:
+        return ServiceStatistics(
+            history=self.history.statistics(),
+            hub=self.hub.statistics(),
+            limits=self.limits.statistics(),
+            traffic=self.traffic.statistics(),
+        )
 
     @property
     def uptime_s(self) -> float:

@@ -22,9 +22,21 @@ any other client, and the hub's memory is the subscriber set.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tickcast.tick import EncodedTick
 
-__all__ = ["Hub", "Subscriber"]
+__all__ = ["Hub", "HubStatistics", "Subscriber"]
+
+
+@dataclass(frozen=True, slots=True)
+class HubStatistics:
+    """A snapshot of the hub's counters (for ``/metrics``)."""
+
+    subscribers: int
+    published: int  # ticks published
+    fell_behind: int  # times a live subscriber fell back to catching up
+    slow_closes: int  # subscribers closed with 4008 (by the hub or by their session)
 
 
 class Subscriber:
@@ -34,12 +46,10 @@ class Subscriber:
         next_t: the next ``t`` this client has not yet been given.
         live: True while the hub delivers ticks to it directly.
         allowance: extra lag tolerated while replaying (see the module invariants).
-        ip: the client address (its connection slot is counted in ``Limits``).
     """
 
     next_t: int = 0
     live: bool = False
-    ip: str = ""
     allowance: int = 0
 
     def deliver(self, tick: EncodedTick) -> bool:
@@ -55,16 +65,14 @@ class Subscriber:
 
 
 class Hub:
-    """The set of subscribers and the latest published tick."""
+    """The set of subscribers, and the fan-out of each published tick."""
 
     def __init__(self, *, lag_limit: int) -> None:
         self.lag_limit = lag_limit
         self._subs: set[Subscriber] = set()
-        self.latest: EncodedTick | None = None
-        # Statistics (exported by /metrics)
-        self.published = 0
-        self.fell_behind = 0
-        self.evicted = 0
+        self._published = 0
+        self._fell_behind = 0
+        self._slow_closes = 0
 
     def __len__(self) -> int:
         return len(self._subs)
@@ -78,10 +86,21 @@ class Hub:
     def subscribers(self) -> list[Subscriber]:
         return list(self._subs)
 
+    def count_slow_close(self) -> None:
+        """Count a 4008 decided outside :meth:`publish` (a session's own catch-up)."""
+        self._slow_closes += 1
+
+    def statistics(self) -> HubStatistics:
+        return HubStatistics(
+            subscribers=len(self._subs),
+            published=self._published,
+            fell_behind=self._fell_behind,
+            slow_closes=self._slow_closes,
+        )
+
     def publish(self, tick: EncodedTick) -> None:
         """Fan ``tick`` out. Never blocks; see the module invariants."""
-        self.latest = tick
-        self.published += 1
+        self._published += 1
         t = tick.t
         limit = self.lag_limit
         for sub in tuple(self._subs):
@@ -91,9 +110,9 @@ class Hub:
                 if sub.deliver(tick):
                     continue
                 sub.live = False
-                self.fell_behind += 1
+                self._fell_behind += 1
                 sub.fell_behind()
             elif t - sub.next_t + 1 > limit + sub.allowance:
-                self.evicted += 1
+                self._slow_closes += 1
                 self.discard(sub)
                 sub.evict()

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from dataclasses import dataclass
 
 from tickcast.config import Config, Network
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "LimitsStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsStatistics:
+    open: int  # connections holding a slot
+    refused: int  # connections refused by a limit (429)
 
 
 class Limits:
@@ -21,9 +28,27 @@ class Limits:
         self.max_total = config.max_connections
         self.max_per_ip = config.max_connections_per_ip
         self.trusted: tuple[Network, ...] = config.trusted_proxies
-        self.total = 0
-        self.per_ip: Counter[str] = Counter()
-        self.refused = 0
+        self._total = 0
+        self._per_ip: Counter[str] = Counter()
+        self._refused = 0
+
+    @property
+    def total(self) -> int:
+        """Connections holding a slot now."""
+        return self._total
+
+    @property
+    def refused(self) -> int:
+        """Connections refused by a limit so far."""
+        return self._refused
+
+    @property
+    def per_ip(self) -> dict[str, int]:
+        """A copy of the slots held per client address."""
+        return dict(self._per_ip)
+
+    def statistics(self) -> LimitsStatistics:
+        return LimitsStatistics(open=self._total, refused=self._refused)
 
     def client_ip(self, peer: str, forwarded_for: str | None) -> str:
         """The client address: the socket peer, or X-Forwarded-For from a trusted proxy.
@@ -48,19 +73,19 @@ class Limits:
 
     def acquire(self, ip: str) -> str | None:
         """Take a slot for ``ip``; returns None, or the reason it is refused."""
-        if self.total >= self.max_total:
-            self.refused += 1
+        if self._total >= self.max_total:
+            self._refused += 1
             return f"server is at max_connections ({self.max_total})"
-        if self.per_ip[ip] >= self.max_per_ip:
-            self.refused += 1
+        if self._per_ip[ip] >= self.max_per_ip:
+            self._refused += 1
             return f"address {ip} is at max_connections_per_ip ({self.max_per_ip})"
-        self.total += 1
-        self.per_ip[ip] += 1
+        self._total += 1
+        self._per_ip[ip] += 1
         return None
 
     def release(self, ip: str) -> None:
         """Give back the slot taken for ``ip``."""
-        self.total -= 1
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
+        self._total -= 1
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]

@@ -1,4 +1,4 @@
-"""Tick sources: the built-in simulator on a timer (the ingest route is in app.py)."""
+"""The built-in simulator as a source: ``Market.step`` on a timer, into the producer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 import trio
 
 from tickcast.errors import StoreError
-from tickcast.service import Service
+from tickcast.producer import Producer
 from tickcast.sources.simulator import Market
 from tickcast.tick import EncodedTick
 
@@ -19,10 +19,10 @@ __all__ = ["run_simulator"]
 log = logging.getLogger("tickcast.source")
 
 
-def _market(service: Service) -> Market:
-    config = service.config
+def _market(producer: Producer) -> Market:
+    config = producer.service.config
     seed = config.seed if config.seed is not None else secrets.randbits(32)
-    last = service.history.ring.latest()
+    last = producer.log.ring.latest()
     if last is None:
         log.info("simulator: new market, seed %d, %d agents", seed, config.agents)
         return Market(agents=config.agents, seed=seed)
@@ -31,7 +31,7 @@ def _market(service: Service) -> Market:
 
 
 async def run_simulator(
-    service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    producer: Producer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Produce ticks at ``config.rate`` per second until cancelled.
 
@@ -40,15 +40,16 @@ async def run_simulator(
     not burst to catch up. A failure is recorded on the service (``/health`` 503),
     not raised, so history stays readable.
     """
-    market = _market(service)
+    service = producer.service
+    market = _market(producer)
     period = 1.0 / service.config.rate
     task_status.started()
     deadline = trio.current_time()
     try:
         while True:
-            t = service.history.next_t
+            t = producer.log.next_t
             tick = EncodedTick.from_dict(market.step(t, time.time()))
-            await service.produce(tick)
+            await producer.produce(tick)
             deadline += period
             now = trio.current_time()
             if deadline < now - period:

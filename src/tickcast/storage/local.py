@@ -1,4 +1,5 @@
-"""History: the ring buffer in front of the segment store, and the writer task.
+"""LocalHistory: the producer's history, the ring in front of the segment store,
+and the writer task that publishes each tick once it is written.
 
 Path of a tick: the source calls :meth:`History.append` (the tick enters the ring
 and the writer's bounded channel). The writer task writes each batch to the
@@ -34,13 +35,14 @@ import trio
 
 from tickcast.config import Config
 from tickcast.errors import StoreError
-from tickcast.storage import SegmentStore
+from tickcast.storage.history import HistoryStatistics
 from tickcast.storage.ring import Ring
+from tickcast.storage.store import SegmentStore
 from tickcast.tick import EncodedTick
 
-__all__ = ["History"]
+__all__ = ["LocalHistory"]
 
-log = logging.getLogger("tickcast.history")
+logger = logging.getLogger("tickcast.history")
 
 INLINE_WRITE_LIMIT_S = 0.002  # an inline write slower than this moves writes to a thread
 THREADED_FOR_S = 10.0  # ... for this long
@@ -49,11 +51,15 @@ READ_THREADS = 4  # concurrent history reads off the event loop
 
 
 def _unpublished(tick: EncodedTick) -> None:
-    raise AssertionError("History.run_writer was not started")
+    raise AssertionError("LocalHistory.run_writer was not started")
 
 
-class History:
-    """The ring + segment store pair, with the tick numbering they share."""
+class LocalHistory:
+    """The ring + segment store pair, with the tick numbering they share.
+
+    Implements :class:`~tickcast.storage.history.History`; appending
+    (:meth:`append`, :meth:`run_writer`, :attr:`next_t`) is the producer's alone.
+    """
 
     def __init__(self, store: SegmentStore, ring: Ring, *, fsync: str) -> None:
         self.store = store
@@ -64,7 +70,7 @@ class History:
         # The last t the store has taken (fsynced too, with fsync=always): published.
         self._written_t = store.latest_t if store.latest_t is not None else -1
         self._written_changed = trio.Event()
-        self.published_t: int | None = ring.latest_t
+        self._published_t: int | None = ring.latest_t
         self._first_t = store.next_t  # the first t published by this process
         self._publish: Callable[[EncodedTick], None] = _unpublished
         self._published: trio.Event | None = None  # set (and dropped) on each publish
@@ -74,7 +80,7 @@ class History:
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, config: Config) -> History:
+    async def open(cls, config: Config) -> LocalHistory:
         """Open (and recover) the store in a thread, then refill the ring from its tail."""
 
         def _open() -> tuple[SegmentStore, list[EncodedTick]]:
@@ -93,7 +99,7 @@ class History:
         ring = Ring(config.ring_size)
         for tick in ticks:
             ring.append(tick)
-        log.info(
+        logger.info(
             "history: epoch %s, ticks %s..%s, %d in memory",
             store.epoch,
             store.oldest_t,
@@ -117,13 +123,13 @@ class History:
     @property
     def next_published_t(self) -> int:
         """The ``t`` of the next tick to be published (ticks may be queued before it)."""
-        published = self.published_t
+        published = self._published_t
         return self._first_t if published is None else published + 1
 
     @property
     def oldest_t(self) -> int | None:
         """The oldest ``t`` still readable (None while nothing is published)."""
-        if self.published_t is None:
+        if self._published_t is None:
             return None
         stored = self.store.oldest_t
         return stored if stored is not None else self.ring.oldest_t
@@ -131,11 +137,11 @@ class History:
     @property
     def latest_t(self) -> int | None:
         """The newest ``t`` published to clients."""
-        return self.published_t
+        return self._published_t
 
     def latest(self) -> EncodedTick | None:
         """The newest published tick, if the ring has it."""
-        return None if self.published_t is None else self.ring.get(self.published_t)
+        return None if self._published_t is None else self.ring.get(self._published_t)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -228,7 +234,7 @@ class History:
             self.store.append(records)  # page-cache writes only (see the module docstring)
             took = time.monotonic() - now
             if took > INLINE_WRITE_LIMIT_S:
-                log.warning("segment write took %.1f ms; writing in a thread", took * 1e3)
+                logger.warning("segment write took %.1f ms; writing in a thread", took * 1e3)
                 self._threaded_until = now + THREADED_FOR_S
         else:
             await trio.to_thread.run_sync(self.store.append, records)
@@ -237,7 +243,7 @@ class History:
         self._written_changed = trio.Event()
         publish = self._publish
         for tick in batch:
-            self.published_t = tick.t
+            self._published_t = tick.t
             publish(tick)
         self._wake_published()
 
@@ -252,7 +258,7 @@ class History:
         Raises:
             StoreError: the writer failed before publishing ``t``.
         """
-        while (self.published_t if self.published_t is not None else -1) < t:
+        while (self._published_t if self._published_t is not None else -1) < t:
             if self.failure is not None:
                 raise StoreError(f"writer failed: {self.failure}")
             if self._published is None:
@@ -260,7 +266,7 @@ class History:
             await self._published.wait()
 
     def _fail(self, reason: str) -> None:
-        log.error("segment writer failed: %s", reason)
+        logger.error("segment writer failed: %s", reason)
         self.failure = reason
         self._written_changed.set()
         self._wake_published()
@@ -277,7 +283,7 @@ class History:
         Raises:
             CorruptRecordError: a stored record failed its checksum.
         """
-        end = self.published_t
+        end = self._published_t
         if end is None or limit < 1:
             return []
         if upto is not None:
@@ -307,6 +313,15 @@ class History:
             start = ticks[-1].t + 1
             limit -= len(ticks)
         return out
+
+    def statistics(self) -> HistoryStatistics:
+        return HistoryStatistics(
+            latest_t=self._published_t,
+            ring_ticks=len(self.ring),
+            ring_bytes=self.ring.nbytes,
+            segment_bytes=self.store.total_bytes,
+            segments=self.store.segment_count,
+        )
 
     def health(self) -> tuple[bool, list[str]]:
         """(ok, reasons) for ``/health``: a failed writer or any corrupt record."""

@@ -28,14 +28,14 @@ import trio
 from wsproto import WSConnection
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from tickcast.errors import CorruptRecordError, ProtocolError
 from tickcast.service import Service
 from tickcast.tick import EncodedTick, batch_message
 from tickcast.transports.frames import close_frame, message_frame, tick_frame
+from tickcast.transports.params import StreamParams
 from tickcast.transports.session import (
     MAX_CLIENT_MESSAGE,
-    SlowConsumer,
-    StreamParams,
+    CloseCode,
+    PeerGone,
     StreamSession,
     client_reply,
     too_big,
@@ -51,8 +51,8 @@ SHUTDOWN_GRACE = 2.0  # seconds: the close grace at shutdown (SPEC: exit within 
 RECV_BYTES = 65536
 
 
-class PeerGone(Exception):
-    """The client closed the connection or it broke."""
+class ClientClosed(PeerGone):
+    """The client sent a close frame (our reply is queued)."""
 
 
 class RawSession(StreamSession):
@@ -81,12 +81,7 @@ class RawSession(StreamSession):
         self._out_bytes = 0
         self._wake = trio.Event()
         self._room = trio.Event()  # set when the outbox drains to the high-water mark
-        self.closed = trio.Event()  # set once the socket is closed
-        self._scope = trio.CancelScope()
-        self._broken: BaseException | None = None
-        self._peer_closed = False
-        self._end: BaseException | None = None
-        self._metrics = service.metrics
+        self._broken: BaseException | None = None  # the socket error that broke the outbox
         self._heartbeat_s = service.config.heartbeat_s
         self._next_heartbeat = trio.current_time() + self._heartbeat_s
 
@@ -156,7 +151,7 @@ class RawSession(StreamSession):
 
     async def send_message(self, payload: bytes) -> None:
         self._write(message_frame(payload, self.wbits))
-        self._count(len(payload))
+        self.count(len(payload))
         await self._flush(self._high_water)
 
     async def send_ticks(self, ticks: Sequence[EncodedTick]) -> None:
@@ -171,18 +166,14 @@ class RawSession(StreamSession):
             group = ticks[i : i + size]
             if len(group) == 1:
                 self._write(tick_frame(group[0], fields, wbits))
-                self._count(len(group[0].view(fields)))
+                self.count(len(group[0].view(fields)))
             else:
                 payload = batch_message(t.view(fields) for t in group)
                 self._write(message_frame(payload, wbits))
-                self._count(len(payload))
+                self.count(len(payload))
             self.sent_t = group[-1].t
             await self._flush(self._high_water)
         self._maybe_heartbeat()
-
-    def _count(self, nbytes: int) -> None:
-        self._metrics.messages_sent += 1
-        self._metrics.bytes_sent += nbytes
 
     def _maybe_heartbeat(self) -> None:
         now = trio.current_time()
@@ -190,7 +181,7 @@ class RawSession(StreamSession):
             self._next_heartbeat = now + self._heartbeat_s
             payload = self.heartbeat()
             self._write(message_frame(payload, self.wbits))
-            self._count(len(payload))
+            self.count(len(payload))
 
     # -- the hub's side ---------------------------------------------------------------
 
@@ -201,17 +192,11 @@ class RawSession(StreamSession):
         self._write(tick_frame(tick, fields, self.wbits))
         self.next_t = tick.t + 1
         self.sent_t = tick.t
-        self._metrics.messages_sent += 1
-        self._metrics.bytes_sent += len(tick.view(fields))
+        self._traffic.sent(len(tick.view(fields)))
         return True
 
     def fell_behind(self) -> None:
         self._wake.set()
-
-    def evict(self) -> None:
-        self.evicted = True
-        self.release()
-        self._scope.cancel()
 
     async def live_phase(self) -> None:
         while True:
@@ -229,7 +214,7 @@ class RawSession(StreamSession):
 
     # -- reading ----------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    async def read_messages(self) -> None:
         """Answer pings and client messages until the client closes or errs.
 
         Raises:
@@ -269,62 +254,30 @@ class RawSession(StreamSession):
                         parts.clear()
                         size = 0
                         self._write(message_frame(reply, self.wbits))
-                        self._count(len(reply))
+                        self.count(len(reply))
                 elif isinstance(event, Ping):
                     self._write(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
-                    self._peer_closed = True
                     self._write(self.ws.send(event.response()))
-                    raise PeerGone(f"client closed ({event.code})")
+                    raise ClientClosed(f"client closed ({event.code})")
 
-    async def _reader(self) -> None:
-        try:
-            await self._read_loop()
-        except (PeerGone, ProtocolError) as exc:
-            self._end = exc
-            self._scope.cancel()
+    # -- closing ----------------------------------------------------------------------
 
-    # -- lifecycle --------------------------------------------------------------------
-
-    async def serve(self) -> None:
-        """Run the session until it ends, then close the connection (see invariants).
-
-        On cancellation (server shutdown) the client gets close 1001.
-        """
-        service = self.service
-        service.metrics.connections_total += 1
-        try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._reader)
-                    try:
-                        await self.run()
-                    except (SlowConsumer, PeerGone, CorruptRecordError) as exc:
-                        self._end = exc
-                    except Exception as exc:  # a bug or a store failure: 1011, logged
-                        log.exception("stream session for %s failed", self.ip)
-                        self._end = exc
-                    nursery.cancel_scope.cancel()
-        finally:
-            self.release()
-            with trio.CancelScope(shield=True):
-                await self._close()
-            self.closed.set()
-
-    async def _close(self) -> None:
-        end = self._end
-        code, reason = self.close_reason(end)
+    async def close_connection(self, code: CloseCode, reason: str) -> None:
+        """Close frame after the outbox, bounded flush, half-close, drain; else RST."""
+        end = self.end
+        peer_closed = isinstance(end, ClientClosed)
         sock = self.sock
         clean = False
         # A client closed for its own sake (4008, 1009, 1011) gets the full grace to
         # read its last ticks and the reason; at shutdown (1001) the process must exit
         # within SPEC's 5 s, so the grace is capped.
         grace = self.service.config.close_grace_s
-        if end is None and not self.evicted:
+        if code is CloseCode.GOING_AWAY:
             grace = min(grace, SHUTDOWN_GRACE)
         with trio.move_on_after(grace):
-            if not isinstance(end, PeerGone) or self._peer_closed:
-                if not self._peer_closed:
+            if not isinstance(end, PeerGone) or peer_closed:
+                if not peer_closed:
                     self._write(close_frame(code, reason))
                 await self._flush_quietly()
                 if self._broken is None and not self._out:

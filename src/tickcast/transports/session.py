@@ -1,4 +1,4 @@
-"""The ``/ws/stream`` protocol, independent of how bytes reach the socket.
+"""The ``/ws/stream`` protocol and the session skeleton, whatever the transport.
 
 A :class:`StreamSession` is one client: it sends the hello, the latest tick or the
 replay, then alternates between two phases until the connection ends:
@@ -9,24 +9,32 @@ replay, then alternates between two phases until the connection ends:
 * **live**: once ``next_t`` passes the latest published tick, become live in the
   same step (no await in between, so no tick can slip by) and let the hub deliver.
 
-A transport (``wsraw`` for ``tickcast serve``, ``app`` for a stock ASGI server)
-subclasses it and supplies how messages are written and what the live phase does.
+Its lifecycle is :class:`State` (OPEN -> CLOSING -> CLOSED) plus the reason it
+ended (:attr:`StreamSession.end`), which decides the :class:`CloseCode`. The slot
+taken by ``intake.admit`` is given back the moment the session starts closing,
+so an evicted client's address may reconnect at once.
+
+A transport (``raw`` for ``tickcast serve``, ``asgi`` for a stock ASGI server)
+subclasses it and supplies only how bytes reach the socket: :meth:`send_message`,
+:meth:`deliver`, :meth:`live_phase`, :meth:`read_messages` and :meth:`close_connection`.
 """
 
 from __future__ import annotations
 
-import re
+import enum
+import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import orjson
+import trio
 
 from tickcast import __version__
 from tickcast.errors import CorruptRecordError, ProtocolError
 from tickcast.fanout.hub import Subscriber
-from tickcast.tick import EncodedTick, Fields, batch_message, encode_message, parse_fields
+from tickcast.tick import EncodedTick, batch_message, encode_message
+from tickcast.transports.params import StreamParams
 
 if TYPE_CHECKING:
     from tickcast.service import Service
@@ -34,35 +42,40 @@ if TYPE_CHECKING:
 __all__ = [
     "CATCH_UP_CHUNK",
     "MAX_CLIENT_MESSAGE",
-    "BadParam",
+    "CloseCode",
+    "EpochChanged",
+    "PeerGone",
     "SlowConsumer",
-    "StreamParams",
+    "State",
     "StreamSession",
     "client_reply",
-    "fields_param",
-    "int_param",
-    "parse_stream_params",
     "too_big",
 ]
 
+log = logging.getLogger("tickcast.ws")
+
 MAX_CLIENT_MESSAGE = 64 * 1024  # bytes; larger client messages close the connection with 1009
 CATCH_UP_CHUNK = 256  # ticks read from history per step of a catch-up
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_SLOW = 4008
 
 
-_DIGITS = re.compile(r"-?[0-9]+\Z")
+class CloseCode(enum.IntEnum):
+    """The WebSocket close codes tickcast sends (RFC 6455 §7.4, and ours in 4000-4999)."""
+
+    GOING_AWAY = 1001  # server shutting down
+    PROTOCOL_ERROR = 1002  # the client broke RFC 6455
+    INVALID_DATA = 1007  # a text message that is not UTF-8
+    TOO_BIG = 1009  # a client message over 64 KiB
+    INTERNAL_ERROR = 1011  # history unreadable, or a bug (logged)
+    SLOW_CONSUMER = 4008  # lag past max_lag; the reason names the from_t to resume with
+    EPOCH_CHANGED = 4009  # the producer's history was reset (scale-out edges, SPEC §7)
 
 
-class BadParam(ValueError):
-    """A query parameter is invalid; ``param`` names it (HTTP 400 before the upgrade)."""
+class State(enum.Enum):
+    """A session's lifecycle."""
 
-    def __init__(self, param: str, detail: str) -> None:
-        super().__init__(f"{param}: {detail}")
-        self.param = param
-        self.detail = detail
+    OPEN = "open"  # upgraded; streaming (catching up or live: see ``Subscriber.live``)
+    CLOSING = "closing"  # ended: slot released, the close frame is being delivered
+    CLOSED = "closed"  # the socket is closed
 
 
 class SlowConsumer(Exception):
@@ -73,52 +86,19 @@ class SlowConsumer(Exception):
         self.resume_t = resume_t
 
 
-@dataclass(frozen=True, slots=True)
-class StreamParams:
-    from_t: int | None = None
-    fields: Fields = None
-    batch: int = 1
+class Evicted(Exception):
+    """The hub evicted the session (4008; the ``from_t`` is decided at the close)."""
 
 
-def int_param(query: Mapping[str, str], name: str, lo: int, hi: int | None) -> int | None:
-    """The integer query parameter ``name`` in ``lo..hi``, or None when absent.
+class EpochChanged(Exception):
+    """The history behind this session was reset: close with 4009."""
 
-    Raises:
-        BadParam: not a plain decimal integer, or out of range.
-    """
-    raw = query.get(name)
-    if raw is None:
-        return None
-    if not _DIGITS.match(raw):
-        raise BadParam(name, f"must be an integer, got {raw!r}")
-    value = int(raw)
-    if value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise BadParam(name, f"must be {bound}, got {value}")
-    return value
+    def __init__(self) -> None:
+        super().__init__("epoch changed")
 
 
-def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
-    """Validate ``from_t``, ``fields`` and ``batch``.
-
-    Raises:
-        BadParam: naming the first invalid parameter.
-    """
-    from_t = int_param(query, "from_t", 0, None)
-    batch = int_param(query, "batch", 1, 1000)
-    return StreamParams(from_t=from_t, fields=fields_param(query), batch=batch or 1)
-
-
-def fields_param(query: Mapping[str, str]) -> Fields:
-    """The ``fields`` query parameter as a canonical selection.
-
-    Raises:
-        BadParam: an unknown or empty field name.
-    """
-    try:
-        return parse_fields(query.get("fields"))
-    except ValueError as exc:
-        raise BadParam("fields", str(exc)) from None
+class PeerGone(Exception):
+    """The client closed the connection, or it broke."""
 
 
 def client_reply(data: bytes | str) -> bytes:
@@ -140,6 +120,12 @@ def client_reply(data: bytes | str) -> bytes:
     return _error("bad_message", f"unknown message type {kind}; expected 'ping'")
 
 
+def too_big(size: int) -> ProtocolError:
+    return ProtocolError(
+        f"message of {size} bytes exceeds {MAX_CLIENT_MESSAGE} bytes", code=CloseCode.TOO_BIG
+    )
+
+
 def _number(value: float) -> float | int:
     """30.0 -> 30 (SPEC shows integers where the setting is whole)."""
     return int(value) if value.is_integer() else value
@@ -155,24 +141,110 @@ class StreamSession(Subscriber):
     def __init__(self, service: Service, params: StreamParams, *, ip: str) -> None:
         self.service = service
         self.params = params
-        self.ip = ip
+        self.ip = ip  # the address whose connection slot this session holds while OPEN
         self.live = False
         self.next_t = 0
         self.sent_t = -1  # the last t whose message the transport has taken
-        self.evicted = False
-        self._holds_slot = True  # the caller acquired a limits slot for ``ip``
+        self.state = State.OPEN
+        self.end: BaseException | None = None  # why it ended (None: cancelled, i.e. shutdown)
+        self.closed = trio.Event()  # set once the state is CLOSED
+        self._scope = trio.CancelScope()
+        self._traffic = service.traffic
+
+    # -- ending -----------------------------------------------------------------------
+
+    def terminate(self, reason: BaseException) -> None:
+        """End the session for ``reason`` from outside its task (never blocks).
+
+        The slot is released at once; the session task is cancelled and closes the
+        connection with the code ``reason`` maps to (see :meth:`close_reason`).
+        """
+        if self.end is None:
+            self.end = reason
+        self.release()
+        self._scope.cancel()
+
+    def evict(self) -> None:
+        """The hub's 4008 (it has already left the hub and been counted)."""
+        self.terminate(Evicted())
 
     def release(self) -> None:
-        """Give back the connection slot and leave the hub (idempotent, never blocks).
+        """Leave the hub and give back the connection slot (idempotent, never blocks).
 
-        Called on eviction itself, so a 4008 frees the slot before the close completes.
+        Moves the state to CLOSING: an eviction frees the slot before the close.
         """
         self.service.hub.discard(self)
-        if self._holds_slot:
-            self._holds_slot = False
+        if self.state is State.OPEN:
+            self.state = State.CLOSING
+            self.live = False
             self.service.limits.release(self.ip)
 
+    def close_reason(self) -> tuple[CloseCode, str]:
+        """The close code and reason for how the session ended (:attr:`end`)."""
+        end = self.end
+        if isinstance(end, SlowConsumer):
+            return CloseCode.SLOW_CONSUMER, str(end)
+        if isinstance(end, Evicted):  # exact: nothing is queued after the eviction
+            return CloseCode.SLOW_CONSUMER, str(SlowConsumer(self.sent_t + 1))
+        if isinstance(end, EpochChanged):
+            return CloseCode.EPOCH_CHANGED, str(end)
+        if isinstance(end, ProtocolError):
+            return CloseCode(end.code), str(end)
+        if isinstance(end, CorruptRecordError):
+            return CloseCode.INTERNAL_ERROR, "history unreadable: corrupt record"
+        if end is None:
+            return CloseCode.GOING_AWAY, "server shutting down"
+        return CloseCode.INTERNAL_ERROR, "internal error"
+
+    # -- the skeleton -------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run the session until it ends, then close the connection.
+
+        The protocol (:meth:`run`) and the transport's reader (:meth:`read_messages`)
+        run side by side; whichever ends first ends the other. On cancellation
+        (server shutdown) the client gets 1001. The slot is released before the
+        close; :meth:`close_connection` runs shielded (the transport bounds it).
+        """
+        self._traffic.accepted()
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read)
+                    try:
+                        await self.run()
+                    except (SlowConsumer, PeerGone, ProtocolError, CorruptRecordError) as exc:
+                        self._ended(exc)
+                    except Exception as exc:  # a bug or a store failure: 1011, logged
+                        log.exception("stream session for %s failed", self.ip)
+                        self._ended(exc)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.release()
+            with trio.CancelScope(shield=True):
+                await self.close_connection(*self.close_reason())
+            self.state = State.CLOSED
+            self.closed.set()
+
+    def _ended(self, exc: BaseException) -> None:
+        if self.end is None:
+            self.end = exc
+
+    async def _read(self) -> None:
+        try:
+            await self.read_messages()
+        except (PeerGone, ProtocolError) as exc:
+            self._ended(exc)
+        except Exception as exc:
+            log.exception("reading from %s failed", self.ip)
+            self._ended(exc)
+        self._scope.cancel()
+
     # -- what transports provide ----------------------------------------------------
+
+    def count(self, nbytes: int) -> None:
+        """Count one message of ``nbytes`` payload bytes sent to this client."""
+        self._traffic.sent(nbytes)
 
     async def send_message(self, payload: bytes) -> None:
         """Send one text message (JSON bytes); may wait on backpressure."""
@@ -182,11 +254,6 @@ class StreamSession(Subscriber):
         """Send ticks as tick messages, or as batch messages of up to ``batch``."""
         fields = self.params.fields
         size = self.params.batch
-        if size == 1:
-            for tick in ticks:
-                await self.send_message(tick.view(fields))
-                self.sent_t = tick.t
-            return
         for i in range(0, len(ticks), size):
             group = ticks[i : i + size]
             if len(group) == 1:
@@ -197,6 +264,22 @@ class StreamSession(Subscriber):
 
     async def live_phase(self) -> None:
         """Run while live; return when the subscriber fell behind (to catch up)."""
+        raise NotImplementedError
+
+    async def read_messages(self) -> None:
+        """Read and answer client messages until the client leaves.
+
+        Raises:
+            PeerGone: the client closed or the connection broke.
+            ProtocolError: the client broke the protocol (its close code).
+        """
+        raise NotImplementedError
+
+    async def close_connection(self, code: CloseCode, reason: str) -> None:
+        """Send the close (``code``, ``reason``) if it should be sent, and close.
+
+        Runs shielded from cancellation: it must bound its own waiting.
+        """
         raise NotImplementedError
 
     # -- the protocol -----------------------------------------------------------------
@@ -283,26 +366,6 @@ class StreamSession(Subscriber):
             await self.send_ticks(ticks)
 
     def _slow(self) -> SlowConsumer:
-        """A 4008 decided here (catch-up), counted with the hub's evictions."""
-        self.service.hub.evicted += 1
+        """A 4008 decided here (catch-up), counted with the hub's."""
+        self.service.hub.count_slow_close()
         return SlowConsumer(self.sent_t + 1)
-
-    def close_reason(self, exc: BaseException | None) -> tuple[int, str]:
-        """The close code and reason for how the session ended."""
-        if isinstance(exc, SlowConsumer):
-            return CLOSE_SLOW, str(exc)
-        if self.evicted:  # the hub evicted it (and counted it)
-            return CLOSE_SLOW, str(SlowConsumer(self.sent_t + 1))
-        if isinstance(exc, ProtocolError):
-            return exc.code, str(exc)
-        if isinstance(exc, CorruptRecordError):
-            return CLOSE_INTERNAL, "history unreadable: corrupt record"
-        if exc is None:
-            return CLOSE_GOING_AWAY, "server shutting down"
-        return CLOSE_INTERNAL, "internal error"
-
-
-def too_big(size: int) -> ProtocolError:
-    return ProtocolError(
-        f"message of {size} bytes exceeds {MAX_CLIENT_MESSAGE} bytes", code=CLOSE_TOO_BIG
-    )

@@ -4,10 +4,10 @@ The app owns no tasks: the service (history, hub, source, writer) lives in the
 nursery of ``server.py`` or of the ASGI lifespan (``asgi.py``), and is attached
 with :func:`attach`. Every error response is JSON ``{"error", "detail"}``.
 
-``/ws/stream`` here is the portable transport for a stock ``hypercorn`` deployment:
-a bounded trio memory channel per connection, fed by the hub with ``send_nowait``
-and drained by the connection's task. ``tickcast serve`` answers ``/ws/stream`` on
-its raw fast path instead (``wsraw``); both speak the same protocol (``stream``).
+``/ws/stream`` here is the portable transport for a stock ``hypercorn`` deployment
+(``transports.asgi``); ``tickcast serve`` answers it on its raw fast path instead
+(``transports.raw``). Both admit connections through ``transports.intake`` and
+speak the same protocol (``transports.session``).
 """
 
 from __future__ import annotations
@@ -26,31 +26,23 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from tickcast import __version__
-from tickcast.errors import CorruptRecordError, ProtocolError
+from tickcast.errors import CorruptRecordError, StoreError, error_body
 from tickcast.metrics import CONTENT_TYPE
+from tickcast.producer import Producer
 from tickcast.service import Service
 from tickcast.sources.ingest import MAX_INGEST_BYTES, build_tick
 from tickcast.tick import EncodedTick
-from tickcast.transports.session import (
-    MAX_CLIENT_MESSAGE,
-    BadParam,
-    SlowConsumer,
-    StreamParams,
-    StreamSession,
-    client_reply,
-    fields_param,
-    int_param,
-    parse_stream_params,
-    too_big,
-)
+from tickcast.transports.asgi import AsgiSession
+from tickcast.transports.intake import Refusal, admit
+from tickcast.transports.params import BadParam, fields_param, int_param
 
 __all__ = ["attach", "create_app"]
 
 log = logging.getLogger("tickcast.app")
 
 SERVICE_KEY = "TICKCAST_SERVICE"
+PRODUCER_KEY = "TICKCAST_PRODUCER"
 MAX_LIMIT = 10_000
-ASGI_QUEUE = 64  # ticks buffered per ASGI connection before it falls back to catch-up
 
 
 # -- documentation models (OpenAPI only; the handlers build their JSON directly) -------
@@ -89,8 +81,7 @@ class ErrorResponse(msgspec.Struct):
 
 
 def error_response(status: int, error: str, detail: str) -> Response:
-    body = msgspec.json.encode({"error": error, "detail": detail})
-    return Response(body, status=status, content_type="application/json")
+    return Response(error_body(error, detail), status=status, content_type="application/json")
 
 
 def _service(app: Quart) -> Service:
@@ -105,9 +96,13 @@ class _Unavailable(Exception):
     pass
 
 
-def attach(app: Quart, service: Service | None) -> None:
-    """Give the app its running service (None detaches it)."""
+def attach(app: Quart, service: Service | None, *, producer: Producer | None = None) -> None:
+    """Give the app its running service (None detaches it).
+
+    ``producer`` is the service's producer role, if it has one (``POST /ingest``).
+    """
     app.config[SERVICE_KEY] = service
+    app.config[PRODUCER_KEY] = producer
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -215,20 +210,21 @@ def create_app() -> QuartTrio:
     async def stream() -> Response | None:
         service = _service(app)
         try:
-            params = parse_stream_params(websocket.args)
-        except BadParam as exc:
-            return error_response(400, "bad_request", str(exc))
-        peer = websocket.remote_addr or ""
-        ip = service.limits.client_ip(peer, websocket.headers.get("x-forwarded-for"))
-        refusal = service.limits.acquire(ip)
-        if refusal is not None:
-            return error_response(429, "too_many_connections", refusal)
-        session = AsgiSession(service, params, ip=ip)
+            admission = admit(
+                service.limits,
+                websocket.args,
+                peer=websocket.remote_addr or "",
+                forwarded_for=websocket.headers.get("x-forwarded-for"),
+            )
+        except Refusal as refused:
+            return error_response(refused.status, refused.error, refused.detail)
+        session = AsgiSession(service, admission.params, ip=admission.ip)
         try:
             await websocket.accept()
-            await session.serve()
-        finally:
+        except BaseException:
             session.release()
+            raise
+        await session.serve()  # releases the slot itself
         return None
 
     numbering = trio.Lock()  # one ingest request at a time assigns t: t stays consecutive
@@ -238,7 +234,8 @@ def create_app() -> QuartTrio:
         """Append ticks from an external simulation (bearer token; ``--source ingest``)."""
         service = _service(app)
         config = service.config
-        if config.source != "ingest" or not config.ingest_token:
+        producer = app.config.get(PRODUCER_KEY)
+        if config.source != "ingest" or not config.ingest_token or producer is None:
             detail = "this server's source is the built-in simulator"
             return error_response(409, "not_ingest", detail)
         auth = request.headers.get("authorization", "")
@@ -253,94 +250,21 @@ def create_app() -> QuartTrio:
         except orjson.JSONDecodeError:
             return error_response(400, "bad_request", "body is not JSON")
         items = payload if isinstance(payload, list) else [payload]
-        history = service.history
+        log_ = producer.log
         async with numbering:
-            t0 = history.next_t
+            t0 = log_.next_t
             try:
                 ticks = [build_tick(t0 + i, c) for i, c in enumerate(items)]
             except ValueError as exc:
                 return error_response(400, "bad_request", str(exc))
-            for tick in ticks:
-                await service.produce(EncodedTick.from_dict(tick))
-            if ticks:  # answer once they are written and published
-                await service.wait_for_t(ticks[-1]["t"])
-        out = {"accepted": len(ticks), "first_t": t0, "latest_t": history.latest_t}
+            try:
+                for tick in ticks:
+                    await producer.produce(EncodedTick.from_dict(tick))
+                if ticks:  # answer once they are written and published
+                    await service.wait_for_t(ticks[-1]["t"])
+            except StoreError as exc:
+                return error_response(503, "unavailable", str(exc))
+        out = {"accepted": len(ticks), "first_t": t0, "latest_t": service.history.latest_t}
         return Response(msgspec.json.encode(out), content_type="application/json")
 
     return app
-
-
-class AsgiSession(StreamSession):
-    """A stream session over Quart's websocket object (memory channel per client)."""
-
-    def __init__(self, service: Service, params: StreamParams, *, ip: str) -> None:
-        super().__init__(service, params, ip=ip)
-        self._send, self._receive = trio.open_memory_channel[EncodedTick](ASGI_QUEUE)
-        self._scope = trio.CancelScope()
-        self._heartbeat_s = service.config.heartbeat_s
-
-    async def send_message(self, payload: bytes) -> None:
-        await websocket.send(payload.decode())
-        self.service.metrics.messages_sent += 1
-        self.service.metrics.bytes_sent += len(payload)
-
-    def deliver(self, tick: EncodedTick) -> bool:
-        try:
-            self._send.send_nowait(tick)
-        except trio.WouldBlock:
-            return False
-        self.next_t = tick.t + 1
-        return True
-
-    def evict(self) -> None:
-        self.evicted = True
-        self.release()
-        self._scope.cancel()
-
-    async def live_phase(self) -> None:
-        next_heartbeat = trio.current_time() + self._heartbeat_s
-        while True:
-            first: EncodedTick | None
-            try:
-                first = self._receive.receive_nowait()
-            except trio.WouldBlock:
-                if not self.live:
-                    return
-                first = None
-                with trio.move_on_at(next_heartbeat):
-                    first = await self._receive.receive()
-                if first is None:
-                    next_heartbeat = trio.current_time() + self._heartbeat_s
-                    await self.send_message(self.heartbeat())
-                    continue
-            group = [first]
-            while len(group) < self.params.batch:
-                try:
-                    group.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await self.send_ticks(group)
-
-    async def _reader(self) -> None:
-        while True:
-            data = await websocket.receive()
-            size = len(data.encode()) if isinstance(data, str) else len(data)
-            if size > MAX_CLIENT_MESSAGE:
-                raise too_big(size)
-            await self.send_message(client_reply(data))
-
-    async def serve(self) -> None:
-        end: BaseException | None = None
-        try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._reader)
-                    await self.run()
-        except* (SlowConsumer, ProtocolError, CorruptRecordError) as group:
-            end = group.exceptions[0]
-        except* Exception as group:  # a bug or a store failure: 1011, logged
-            log.exception("stream session for %s failed", self.ip, exc_info=group)
-            end = group.exceptions[0]
-        code, reason = self.close_reason(end)
-        if end is not None or self.evicted:
-            await websocket.close(code, reason)

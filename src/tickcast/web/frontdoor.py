@@ -17,16 +17,16 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
+from tickcast.errors import error_body
 from tickcast.service import Service
+from tickcast.transports.intake import Refusal, admit
 from tickcast.transports.raw import RawSession
-from tickcast.transports.session import BadParam, parse_stream_params
 from tickcast.web.hypercorn_bridge import HypercornHandler
 
 __all__ = ["PrefixedStream", "listen", "serve_frontdoor"]
@@ -116,8 +116,7 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
         view = view[n:]
 
 
-def _json_reject(ws: WSConnection, status: int, error: str, detail: str) -> bytes:
-    body = orjson.dumps({"error": error, "detail": detail})
+def _json_reject(ws: WSConnection, status: int, body: bytes) -> bytes:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     return ws.send(RejectConnection(status_code=status, headers=headers, has_body=True)) + ws.send(
         RejectData(data=body, body_finished=True)
@@ -166,7 +165,7 @@ class FrontDoor:
         except (RemoteProtocolError, StopIteration):
             request = None
         if not isinstance(request, Request):
-            body = orjson.dumps({"error": "bad_request", "detail": "invalid WebSocket handshake"})
+            body = error_body("bad_request", "invalid WebSocket handshake")
             head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
             head += b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
             await _send_all(sock, head + body)
@@ -177,25 +176,20 @@ class FrontDoor:
         for name, value in request.extra_headers:
             if name.lower() == b"x-forwarded-for":
                 forwarded = value.decode("latin-1")
-        ip = service.limits.client_ip(peer, forwarded)
         try:
-            params = parse_stream_params(query)
-        except BadParam as exc:
-            await _send_all(sock, _json_reject(ws, 400, "bad_request", str(exc)))
+            admission = admit(service.limits, query, peer=peer, forwarded_for=forwarded)
+        except Refusal as refused:
+            await _send_all(sock, _json_reject(ws, refused.status, refused.body()))
             sock.close()
             return
-        refusal = service.limits.acquire(ip)
-        if refusal is not None:
-            await _send_all(sock, _json_reject(ws, 429, "too_many_connections", refusal))
-            sock.close()
-            return
+        ip = admission.ip
         deflate = PerMessageDeflate(server_no_context_takeover=True)
         extensions: list[Extension] = [deflate] if service.config.compression else []
         session: RawSession | None = None
         try:
             await _send_all(sock, ws.send(AcceptConnection(extensions=extensions)))
             wbits = deflate.server_max_window_bits if deflate.enabled() else 0
-            session = RawSession(service, params, ip=ip, sock=sock, ws=ws, wbits=wbits)
+            session = RawSession(service, admission.params, ip=ip, sock=sock, ws=ws, wbits=wbits)
         finally:
             if session is None:
                 service.limits.release(ip)

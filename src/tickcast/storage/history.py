@@ -1,0 +1,93 @@
+"""History: what sessions and routes need from the ticks behind them (the seam).
+
+Two roles implement it:
+
+* the producer's :class:`~tickcast.storage.local.LocalHistory`: the ring in front of
+  the segment files, fed by the source and published by the segment writer;
+* a scale-out edge's history, fed from a Redis stream (SPEC §7).
+
+Sessions (``transports``), the hub and the routes (``web``) see only this
+interface, so an edge is an addition, not a fork. Invariants every implementation
+keeps:
+
+* ``latest_t`` is the newest *published* tick: the hub has already been offered
+  it, and :meth:`History.read` returns it. Ticks are published in ``t`` order,
+  consecutively, each exactly once.
+* ``oldest_t .. latest_t`` is one consecutive readable range (None, None while
+  nothing is published).
+* :meth:`History.read` never returns a tick past ``latest_t`` and never a gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from tickcast.tick import EncodedTick
+
+__all__ = ["History", "HistoryStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryStatistics:
+    """A snapshot for ``/metrics`` (sizes are 0 where a role keeps no such thing)."""
+
+    latest_t: int | None
+    ring_ticks: int
+    ring_bytes: int
+    segment_bytes: int
+    segments: int
+
+
+class History(Protocol):
+    """The published ticks of one epoch, as sessions and routes read them."""
+
+    @property
+    def epoch(self) -> str:
+        """The id of this history; a new one means every ``t`` before is void."""
+        ...
+
+    @property
+    def oldest_t(self) -> int | None:
+        """The oldest readable ``t`` (None while nothing is published)."""
+        ...
+
+    @property
+    def latest_t(self) -> int | None:
+        """The newest published ``t`` (None while nothing is published)."""
+        ...
+
+    @property
+    def next_published_t(self) -> int:
+        """The ``t`` the next published tick will carry."""
+        ...
+
+    def latest(self) -> EncodedTick | None:
+        """The newest published tick, if it is in memory."""
+        ...
+
+    async def read(self, from_t: int, limit: int, *, upto: int | None = None) -> list[EncodedTick]:
+        """Up to ``limit`` consecutive published ticks from ``max(from_t, oldest_t)``.
+
+        ``upto`` caps the range (default: ``latest_t``).
+
+        Raises:
+            CorruptRecordError: a stored record failed its checksum.
+        """
+        ...
+
+    async def wait_published(self, t: int) -> None:
+        """Wait until tick ``t`` has been published.
+
+        Raises:
+            StoreError: the history failed before publishing ``t``.
+        """
+        ...
+
+    def health(self) -> tuple[bool, list[str]]:
+        """(ok, reasons) for ``/health``."""
+        ...
+
+    def statistics(self) -> HistoryStatistics:
+        """Counters and sizes for ``/metrics``."""
+        ...
