@@ -14,7 +14,6 @@ from tickcast.tick import (
     batch_message,
     encode_message,
     parse_fields,
-    views_of,
 )
 
 TS0 = 1_732_450_000.123456
@@ -190,14 +189,6 @@ def test_view_of_a_stored_tick_can_be_read_back() -> None:
     view = EncodedTick.from_stored(raw).view(("s",))
     back = EncodedTick.from_stored(view)
     assert (back.t, back.ts) == (10, TS0)
-
-
-def test_views_of_returns_each_view() -> None:
-    ticks = [EncodedTick.from_dict(make_tick(t)) for t in range(3)]
-    views = views_of(ticks, ("s",))
-    assert views == [t.view(("s",)) for t in ticks]
-    assert all(v is t.view(("s",)) for v, t in zip(views, ticks, strict=True))
-    assert views_of(ticks, None) == [t.raw for t in ticks]
 
 
 # -- parse_fields ---------------------------------------------------------------------

@@ -20,20 +20,23 @@ from typing import Any, Literal
 
 from tickcast.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Config", "add_arguments", "describe", "from_sources", "parse_bytes"]
+__all__ = [
+    "DEFAULT_AGENTS",
+    "ENV_PREFIX",
+    "Config",
+    "add_arguments",
+    "describe",
+    "from_sources",
+    "parse_bytes",
+]
 
 ENV_PREFIX = "TICKCAST_"
+DEFAULT_AGENTS = 40  # simulated agents: a ~2.5 KB tick (SPEC §2: 1-5 KB)
 MiB = 2**20
 
 FsyncPolicy = Literal["always", "interval", "never"]
 SourceKind = Literal["sim", "ingest"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _default_agents() -> int:
-    from tickcast.sources.simulator import DEFAULT_AGENTS
-
-    return DEFAULT_AGENTS
 
 
 def _opt(help: str, **kw: Any) -> dict[str, Any]:
@@ -50,7 +53,7 @@ class Config:
     # Source
     source: SourceKind = field(default="sim", metadata=_opt("tick source: sim or ingest"))
     rate: float = field(default=10.0, metadata=_opt("simulator ticks per second"))
-    agents: int = field(default_factory=_default_agents, metadata=_opt("simulated agents"))
+    agents: int = field(default=DEFAULT_AGENTS, metadata=_opt("simulated agents"))
     seed: int | None = field(default=None, metadata=_opt("simulator seed (None: random)"))
     ingest_token: str | None = field(
         default=None, metadata=_opt("bearer token for POST /ingest (required with ingest)")
@@ -234,10 +237,7 @@ def from_sources(
             except ValueError as exc:
                 raise ConfigError(f"setting {origin}: {exc}") from None
         values[f.name] = raw
-    try:
-        return Config(**values)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc}") from None
+    return Config(**values)
 
 
 def describe(config: Config) -> Sequence[str]:

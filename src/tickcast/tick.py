@@ -13,7 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -28,7 +28,6 @@ __all__ = [
     "batch_message",
     "encode_message",
     "parse_fields",
-    "views_of",
 ]
 
 HEAD_KEYS = ("type", "t", "ts")
@@ -147,8 +146,3 @@ class EncodedTick:
 def batch_message(views: Iterable[bytes]) -> bytes:
     """``{"type":"batch","ticks":[...]}`` from already-encoded tick views (no re-encoding)."""
     return b'{"type":"batch","ticks":[' + b",".join(views) + b"]}"
-
-
-def views_of(ticks: Sequence[EncodedTick], fields: Fields) -> list[bytes]:
-    """The selected view of each tick."""
-    return [tick.view(fields) for tick in ticks]

@@ -44,12 +44,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tickcast.config import DEFAULT_AGENTS
+
 __all__ = ["DEFAULT_AGENTS", "INITIAL_PRICE", "PRICE_SCALE", "Market"]
 
 PRICE_SCALE: float = 100_000.0
 INITIAL_PRICE: float = 50_000.0
-DEFAULT_AGENTS: int = 40
-"""Gives a default tick of about 2.5 KB of JSON (SPEC §2: 1-5 KB)."""
 
 # Price bounds (a safety net; the fundamental pull keeps the price near INITIAL_PRICE)
 PRICE_MIN: Final = INITIAL_PRICE / 50

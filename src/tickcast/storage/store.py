@@ -28,10 +28,11 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple, get_args
 
 import orjson
 
+from tickcast.config import FsyncPolicy
 from tickcast.errors import CorruptRecordError, StoreError
 from tickcast.storage.segment import (
     ENTRY,
@@ -46,8 +47,6 @@ from tickcast.storage.segment import (
 __all__ = ["CLEAN_NAME", "EPOCH_NAME", "LOCK_NAME", "FsyncPolicy", "SegmentStore"]
 
 logger = logging.getLogger("tickcast.log")
-
-FsyncPolicy = Literal["always", "interval", "never"]
 
 EPOCH_NAME = "EPOCH"  # random id of this history, one line of hex
 CLEAN_NAME = "CLEAN"  # written by close(), deleted by open(): the last shutdown was clean
@@ -261,12 +260,8 @@ class SegmentStore:
             self.enforce_retention()
 
     def fits(self, nbytes: int) -> bool:
-        """Whether ``nbytes`` of records can be appended without a rollover.
-
-        An append that fits touches only the open segment's two files: two
-        ``os.write`` calls to the page cache, no fsync (unless ``fsync="always"``),
-        no file creation and no retention.
-        """
+        """Whether ``nbytes`` of records fit the open segment: an append of them is two
+        ``os.write`` calls and no rollover, file creation or retention."""
         writer = self._writer
         if writer is None:
             return False
@@ -282,8 +277,7 @@ class SegmentStore:
         """With ``fsync="interval"``, :meth:`sync` if ``fsync_interval_s`` has passed.
 
         :meth:`append` never syncs for ``"interval"``: the writer calls this after it
-        has handed the appended ticks on, so a periodic fdatasync does not delay them.
-        Returns whether it synced.
+        has published the ticks, so a fdatasync never delays them. True if it synced.
         """
         if self._opts.fsync != "interval":
             return False
