@@ -1,4 +1,4 @@
-"""tickcast.client (SPEC §9), over real sockets.
+"""tickcast.client and ``tickcast tail`` (SPEC §9), over real sockets.
 
 The decisions (cursor, backoff, URLs) are tested synchronously; the rest against a
 real tickcast (in-process, or a ``tickcast serve`` subprocess for restarts), or,
@@ -13,6 +13,7 @@ import contextlib
 import logging
 import queue
 import signal
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
@@ -28,7 +29,7 @@ import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from conftest import Running, free_port, make_config, running, tickcast_process
+from conftest import PYTHON, Running, free_port, make_config, running, tickcast_process
 from tickcast.client import (
     BadMessageError,
     Client,
@@ -490,3 +491,62 @@ async def test_token_is_sent_and_refusals_are_raised() -> None:
     assert [h.get("authorization") for _, h in fake.requests] == ["Bearer s3cret"] * 3
     assert fake.requests[1][0] == "/incremental?from_t=0&fields=s&limit=10000"
     assert len(fake.requests) == 3  # a 401 is not retried
+
+
+# -- tickcast tail ----------------------------------------------------------------------
+
+
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and an
+    # ignored signal stays ignored across exec: give the child a normal Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+async def test_tail_prints_json_lines_and_ends_quietly_on_ctrl_c(server: Running) -> None:
+    cmd = [PYTHON, "-m", "tickcast.cli", "tail", server.url(""), "--from-t", "0", "--fields", "s"]
+    proc = await trio.lowlevel.open_process(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out = err = b""
+    try:
+        with trio.fail_after(WAIT_S):
+            while out.count(b"\n") < 30:
+                out += await proc.stdout.receive_some(65536)
+            proc.send_signal(signal.SIGINT)
+            while chunk := await proc.stdout.receive_some(65536):
+                out += chunk
+            while chunk := await proc.stderr.receive_some(65536):
+                err += chunk
+            await proc.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await proc.stdout.aclose()
+            await proc.stderr.aclose()
+    assert proc.returncode == 0, err.decode()
+    assert err == b""  # no traceback, nothing to report
+    ticks = [orjson.loads(line) for line in out.splitlines()]
+    assert [t["t"] for t in ticks] == list(range(len(ticks)))
+    assert list(ticks[0]) == ["type", "t", "ts", "s"]
+
+
+async def test_tail_into_head_ends_quietly(server: Running) -> None:
+    line = f"set -o pipefail; {PYTHON} -m tickcast.cli tail {server.url('')} --from-t 0 | head -n 3"
+    with trio.fail_after(WAIT_S):
+        done = await trio.run_process(
+            ["bash", "-c", line], capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stderr == b""
+    assert [orjson.loads(x)["t"] for x in done.stdout.splitlines()] == [0, 1, 2]
+
+
+async def test_tail_reports_a_refusal(server: Running) -> None:
+    cmd = [PYTHON, "-m", "tickcast.cli", "tail", server.url(""), "--fields", "nope"]
+    with trio.fail_after(WAIT_S):
+        done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 1
+    assert b"tickcast: error: refused with HTTP 400: fields: unknown field 'nope'" in done.stderr
