@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -50,14 +51,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="ticks per request (1 for a live pipe; larger to bulk-load a file) [default: 1]",
     )
+    tail = commands.add_parser(
+        "tail",
+        help="print the stream as JSON lines on stdout (for jq)",
+        description="Follow a tickcast stream and print one tick per line, without gaps or "
+        "duplicates across reconnects (tickcast.client). Connection events go to stderr.",
+    )
+    tail.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
+    tail.add_argument(
+        "--from-t", type=int, default=None, help="start at this t [default: the latest tick]"
+    )
+    tail.add_argument("--fields", default=None, help="comma list of s,agents,actions,matches")
+    tail.add_argument(
+        "--token",
+        default=os.environ.get("TICKCAST_READ_TOKEN"),
+        help="read token [default: $TICKCAST_READ_TOKEN]",
+    )
+    tail.add_argument(
+        "--on-gap",
+        choices=["raise", "continue"],
+        default="raise",
+        help="when ticks are lost to retention or a history reset: stop with an error, "
+        "or carry on [default: raise]",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tickcast`` console script; returns the exit status."""
     args = vars(build_parser().parse_args(argv))
-    if args.pop("command") == "publish":
+    command = args.pop("command")
+    if command == "publish":
         return _publish(args)
+    if command == "tail":
+        return _tail(args)
     level = args.pop("log_level")
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -97,6 +124,23 @@ def _publish(args: dict[str, object]) -> int:
         return 1
     print(f"published {count} ticks", file=sys.stderr)
     return 0
+
+
+def _tail(args: dict[str, Any]) -> int:
+    from .client.tail import run_tail
+
+    logging.basicConfig(level=logging.WARNING, format="tickcast tail: %(message)s")
+    try:
+        return run_tail(
+            args["url"],
+            from_t=args["from_t"],
+            fields=args["fields"],
+            token=args["token"],
+            on_gap=args["on_gap"],
+        )
+    except (TickcastError, ValueError) as exc:
+        print(f"tickcast: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,7 +6,14 @@
     ├── ConfigError            a setting is unknown or has a bad value (names it)
     ├── StoreError             the segment store refused an operation
     │   └── CorruptRecordError a record failed its checksum / framing check
-    └── ProtocolError          a client broke the stream protocol (carries a close code)
+    ├── ProtocolError          a client broke the stream protocol (carries a close code)
+    └── ClientError            tickcast.client cannot go on (raised to the client's caller)
+        ├── RefusedError       the server refused a request for good (HTTP 400, 401, 404...)
+        ├── StreamClosedError  the server closed the stream with a code a retry cannot fix
+        ├── BadMessageError    the server sent something the client cannot follow
+        └── GapError           resuming would skip ticks (unless on_gap="continue")
+            ├── TruncatedError     retention deleted ticks the client still needed
+            └── EpochChangedError  the history was reset: a new epoch
 """
 
 from __future__ import annotations
@@ -16,11 +23,18 @@ from pathlib import Path
 import orjson
 
 __all__ = [
+    "BadMessageError",
+    "ClientError",
     "ConfigError",
     "CorruptRecordError",
+    "EpochChangedError",
+    "GapError",
     "ProtocolError",
+    "RefusedError",
     "StoreError",
+    "StreamClosedError",
     "TickcastError",
+    "TruncatedError",
     "error_body",
 ]
 
@@ -72,6 +86,99 @@ class CorruptRecordError(StoreError):
     def __str__(self) -> str:
         which = "record" if self.t is None else f"record t={self.t}"
         return f"corrupt {which} in {self.path} at byte {self.offset}: {self.reason}"
+
+
+# -- the client (tickcast.client) ------------------------------------------------------
+
+
+class ClientError(TickcastError):
+    """``tickcast.client`` cannot go on; raised out of ``stream()`` / ``history()``.
+
+    Everything a retry can fix (a dropped connection, a restart, 429, 503, a 4008)
+    is retried inside the client and never raised.
+    """
+
+
+class RefusedError(ClientError):
+    """The server refused a request, and asking again would get the same answer.
+
+    Attributes:
+        status: the HTTP status (400 a bad query, 401 a missing or wrong read token,
+            404 not a tickcast URL, 500 a corrupt record in ``/incremental``...).
+        detail: the server's JSON ``detail`` (or the start of the body).
+    """
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"refused with HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class StreamClosedError(ClientError):
+    """The server closed the stream with a code that reconnecting cannot fix.
+
+    1011 (``history unreadable``: a corrupt record, or a server bug), 1002, 1003,
+    1007, 1009, 1010. Codes a reconnect does fix (1001, 1006, 4008, 4009...) are
+    handled inside the client.
+
+    Attributes:
+        code: the WebSocket close code.
+        reason: the close reason the server gave.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"stream closed with {code} {reason!r}")
+        self.code = code
+        self.reason = reason
+
+
+class BadMessageError(ClientError):
+    """The server sent what the client cannot follow: not a JSON object, or a ``t``
+    that does not continue the stream (a server bug; never silently skipped)."""
+
+
+class GapError(ClientError):
+    """Resuming would skip ticks. Raised only with ``on_gap="raise"`` (the default).
+
+    Attributes:
+        next_t: the ``t`` the client wanted next (the last ``t`` it yielded + 1).
+    """
+
+    def __init__(self, message: str, *, next_t: int | None) -> None:
+        super().__init__(message)
+        self.next_t = next_t
+
+
+class TruncatedError(GapError):
+    """Retention deleted ticks ``next_t .. oldest_t - 1``; the server starts at ``oldest_t``.
+
+    Attributes:
+        oldest_t: the oldest ``t`` the server still has.
+    """
+
+    def __init__(self, *, next_t: int, oldest_t: int) -> None:
+        super().__init__(
+            f"ticks {next_t}..{oldest_t - 1} were deleted by retention (oldest_t={oldest_t})",
+            next_t=next_t,
+        )
+        self.oldest_t = oldest_t
+
+
+class EpochChangedError(GapError):
+    """The history was reset (a new ``epoch``): ``t`` numbers there mean other ticks.
+
+    Attributes:
+        old: the epoch the client was following.
+        new: the epoch the server now serves.
+    """
+
+    def __init__(self, *, old: str, new: str, next_t: int | None) -> None:
+        super().__init__(
+            f"the history was reset: epoch {old} became {new} (wanted t={next_t})",
+            next_t=next_t,
+        )
+        self.old = old
+        self.new = new
 
 
 def error_body(error: str, detail: str) -> bytes:

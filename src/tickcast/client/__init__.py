@@ -1,0 +1,44 @@
+"""The Python client of a tickcast feed (SPEC §9); ``docs/client.md`` has the details.
+
+::
+
+    from tickcast.client import Client
+
+    c = Client("http://127.0.0.1:8000", fields=["s", "matches"])
+    for tick in c.stream(from_t=120_000):         # blocking; never misses, never repeats
+        ...
+    async for tick in c.astream(from_t=120_000):  # the same under trio or asyncio
+        ...
+    ticks = c.history(from_t=0, to_t=5_000)        # ticks 0..4999, paging /incremental
+
+Modules, in the order a tick passes them: ``websocket`` (bytes: anyio + wsproto),
+``cursor`` (every decision: position, gaps, close codes, backoff; plain Python),
+``follow`` (the async loop across connections, and history pages), ``blocking``
+(the synchronous face), ``api`` (:class:`Client`).
+"""
+
+from __future__ import annotations
+
+from ..errors import (
+    BadMessageError,
+    ClientError,
+    EpochChangedError,
+    GapError,
+    RefusedError,
+    StreamClosedError,
+    TruncatedError,
+)
+from .api import Client
+from .settings import OnGap
+
+__all__ = [
+    "BadMessageError",
+    "Client",
+    "ClientError",
+    "EpochChangedError",
+    "GapError",
+    "OnGap",
+    "RefusedError",
+    "StreamClosedError",
+    "TruncatedError",
+]

@@ -1,0 +1,156 @@
+"""The async core of the client: follow the stream across connections, page history.
+
+::
+
+    follow()                       one loop per stream() / astream() call
+    ├── websocket.connect()        TCP + upgrade           (anyio, wsproto)
+    ├── WebSocket.receive()        whole messages
+    ├── Cursor                     every decision          (sans-I/O, cursor.py)
+    └── Backoff                    how long to wait before the next attempt
+    history_pages()                GET /incremental        (httpx, same Cursor checks)
+
+Everything here runs under trio or asyncio (anyio). Cancel scopes and timeouts
+live inside single awaits, never across a ``yield``, so the generators may be
+resumed from different tasks (the blocking wrappers do so).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+
+import anyio
+import httpx
+
+from .cursor import Backoff, Cursor, Next, Tick, silence_limit_s
+from .settings import Settings
+from .websocket import Closed, Rejected, WebSocket, connect
+
+__all__ = ["CONNECT_TIMEOUT_S", "PAGE_LIMIT", "follow", "history_pages"]
+
+log = logging.getLogger("tickcast.client")
+
+CONNECT_TIMEOUT_S = 10.0  # TCP connect + upgrade + hello
+PAGE_LIMIT = 10_000  # /incremental's cap (SPEC §4)
+HTTP_TIMEOUT_S = 30.0
+
+
+async def follow(settings: Settings, from_t: int | None) -> AsyncGenerator[list[Tick], None]:
+    """Yield the stream's ticks, one server message's worth at a time, forever.
+
+    Starts at ``from_t`` (None: the latest tick). Reconnects by itself: at once
+    after a 4008 or 4009, after a backoff when the server is away or busy, each time
+    with ``from_t`` = the last ``t`` yielded + 1. Closing the generator (or
+    cancelling the task iterating it) closes the connection.
+
+    Raises:
+        GapError: a resume would skip ticks, with ``on_gap="raise"``.
+        RefusedError, StreamClosedError, BadMessageError: see ``tickcast.errors``.
+    """
+    cursor = Cursor(next_t=from_t, on_gap=settings.on_gap)
+    backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+    idle_nows = 0  # reconnects "at once" in a row that yielded nothing
+    while True:
+        ws: WebSocket | None = None
+        yielded = False
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                target = settings.endpoint.target("/ws/stream", _stream_query(settings, cursor))
+                ws = await connect(
+                    settings.endpoint,
+                    target,
+                    headers=settings.headers,
+                    compression=settings.compression,
+                )
+                hello = cursor.hello(await ws.receive())
+            step = Next.NOW  # unless the connection is followed and ends (below)
+            if hello is not None:
+                backoff.reset()
+                log.info(
+                    "connected to %s (from_t=%s, latest_t=%s)",
+                    settings.endpoint.host_header,
+                    cursor.next_t,
+                    hello.get("latest_t"),
+                )
+                silence_s = silence_limit_s(hello.get("heartbeat_s"))
+                while True:
+                    with anyio.fail_after(silence_s):
+                        data = await ws.receive()
+                    ticks = cursor.take(data)
+                    if ticks:
+                        yielded = True
+                        yield ticks
+        except Closed as exc:
+            step = cursor.closed(exc.code, exc.reason)
+        except Rejected as exc:
+            step = cursor.refused(exc.status, exc.body)
+        except TimeoutError:
+            log.warning("no answer within the deadline (connect, or two heartbeats)")
+            step = Next.BACK_OFF
+        except OSError as exc:
+            log.warning("cannot connect to %s: %s", settings.endpoint.host_header, exc)
+            step = Next.BACK_OFF
+        finally:
+            if ws is not None:
+                await ws.aclose()
+        idle_nows = 0 if yielded or step is Next.BACK_OFF else idle_nows + 1
+        if idle_nows > 1:  # e.g. 4008 after 4008 with no tick between: do not spin
+            step = Next.BACK_OFF
+        if step is Next.BACK_OFF:
+            delay_s = backoff.delay_s()
+            log.warning("reconnecting in %.2f s (from_t=%s)", delay_s, cursor.next_t)
+            await anyio.sleep(delay_s)
+
+
+def _stream_query(settings: Settings, cursor: Cursor) -> dict[str, str]:
+    query = settings.query(cursor.next_t)
+    if settings.batch != 1:
+        query["batch"] = str(settings.batch)
+    return query
+
+
+async def history_pages(
+    settings: Settings, from_t: int, to_t: int | None
+) -> AsyncGenerator[list[Tick], None]:
+    """Yield the ticks with ``from_t <= t < to_t`` (``to_t=None``: up to the latest
+    at the time of each page), one ``/incremental`` page at a time.
+
+    Pages of up to ``PAGE_LIMIT`` ticks. Retries a page after a backoff when the
+    server is away or busy (connection refused, 429, 502-504).
+
+    Raises:
+        TruncatedError: ``from_t`` is older than the oldest tick kept, with
+            ``on_gap="raise"`` (with ``"continue"`` the pages start at ``oldest_t``).
+        RefusedError: a 4xx (400, 401...) or a 500 (a corrupt record in the range).
+        BadMessageError: a page that does not continue the previous one.
+    """
+    cursor = Cursor(next_t=from_t, on_gap=settings.on_gap)
+    backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+    url = settings.endpoint.http_url("/incremental")
+    async with httpx.AsyncClient(headers=settings.headers, timeout=HTTP_TIMEOUT_S) as http:
+        while True:
+            assert cursor.next_t is not None
+            limit = PAGE_LIMIT if to_t is None else min(PAGE_LIMIT, to_t - cursor.next_t)
+            if limit <= 0:
+                return
+            query = {**settings.query(cursor.next_t), "limit": str(limit)}
+            try:
+                response = await http.get(url, params=query)
+            except httpx.TransportError as exc:
+                log.warning("GET %s failed: %r", url, exc)
+                await anyio.sleep(backoff.delay_s())
+                continue
+            if response.status_code != 200:
+                cursor.refused(response.status_code, response.content)  # raises, or:
+                await anyio.sleep(backoff.delay_s())
+                continue
+            backoff.reset()
+            page = response.json()
+            if page["count"] > 0:
+                cursor.truncated(page["from_t"])  # a page starting late: retention
+            ticks: list[Tick] = page["data"]
+            cursor.advance(ticks)
+            if ticks:
+                yield ticks
+            if not ticks or page["next_t"] > page["latest_t"]:
+                return
