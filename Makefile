@@ -8,6 +8,7 @@ RUN_STAMP := $(VENV)/.stamp-run
 DEV_STAMP := $(VENV)/.stamp-dev
 LOAD_STAMP := $(VENV)/.stamp-load
 BROWSER_STAMP := $(VENV)/.stamp-browser
+REDIS_STAMP := $(VENV)/.stamp-redis
 LINTED := src tests bench loadtest
 # Every install is constrained to the versions the suite last passed with (make lock).
 LOCK := constraints.txt
@@ -49,6 +50,13 @@ $(BROWSER_STAMP): | $(BIN)/python
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $@
 
+# The scale-out tests run a real redis-server (Debian's package, the SPEC §7 reference).
+$(REDIS_STAMP): | $(BIN)/python
+	@command -v redis-server >/dev/null || { \
+		echo "installing Debian's redis-server for the scale-out tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	touch $@
+
 run: $(RUN_STAMP)
 	$(BIN)/tickcast serve $(ARGS)
 
@@ -60,7 +68,7 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(DEV_STAMP) $(BROWSER_STAMP)
+pytest: $(DEV_STAMP) $(BROWSER_STAMP) $(REDIS_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -221,3 +221,7 @@ def tickcast_process(
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+
+
+# Real redis-server fixtures (redis_server, make_redis) for the scale-out tests.
+from redis_server import make_redis, redis_server  # noqa: E402, F401
