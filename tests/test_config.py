@@ -149,7 +149,7 @@ def test_every_setting_has_an_env_var() -> None:
             assert "unknown" not in str(exc), name
         else:
             # Free-text settings accept any string.
-            assert f.name in ("host", "data_dir", "ingest_token"), f.name
+            assert f.name in ("host", "data_dir", "ingest_token", "redis_key"), f.name
 
 
 # -- unknown and bad values -----------------------------------------------------------
@@ -340,3 +340,31 @@ def test_describe_lists_every_setting_and_masks_the_token() -> None:
     assert "ingest_token=***" in lines
     assert not any("s3cret" in line for line in lines)
     assert "port=8000" in lines
+
+
+# -- scale-out settings (SPEC §7) --------------------------------------------------------
+
+
+def test_scale_out_settings_parse_from_flags_and_env() -> None:
+    c = from_sources(
+        {"redis_url": "redis://127.0.0.1:6379/0", "reuse_port": "on"},
+        {"TICKCAST_REDIS_MAXLEN": "500", "TICKCAST_HISTORY_URL": "http://p:8000"},
+    )
+    assert (c.redis_url, c.reuse_port, c.redis_maxlen) == ("redis://127.0.0.1:6379/0", True, 500)
+    assert (c.redis_key, c.history_url) == ("tickcast", "http://p:8000")
+    assert Config().redis_url is None and Config().reuse_port is False
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TICKCAST_REDIS_URL": "localhost:6379"}, "redis_url"),
+        ({"TICKCAST_REDIS_MAXLEN": "0"}, "redis_maxlen"),
+        ({"TICKCAST_HISTORY_URL": "ftp://x"}, "history_url"),
+        ({"TICKCAST_REUSE_PORT": "maybe"}, "TICKCAST_REUSE_PORT"),
+        ({"TICKCAST_CLOSE_GRACE_S": "0"}, "close_grace_s"),
+    ],
+)
+def test_bad_scale_out_settings_are_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        from_sources({}, env)

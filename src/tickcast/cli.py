@@ -32,6 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     add_arguments(serve)
+    edge = commands.add_parser(
+        "edge",
+        help="run a scale-out edge (needs --redis-url)",
+        description="Run a stateless edge (SPEC §7): no source, no segment files; it reads the "
+        "producer's ticks from the Redis stream and serves /ws/stream, /incremental, /health, "
+        "/metrics and / to its own clients. Source and storage settings are ignored.",
+    )
+    edge.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    add_arguments(edge)
     publish = commands.add_parser(
         "publish",
         help="feed a --source ingest server from JSON lines on stdin",
@@ -96,11 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tickcast: error: {exc}", file=sys.stderr)
         return 2
+    if command == "edge" and config.redis_url is None:
+        print("tickcast: error: setting 'redis_url': required by tickcast edge", file=sys.stderr)
+        return 2
     logging.getLogger("tickcast").info("settings: %s", " ".join(describe(config)))
-    from tickcast.server import serve_until_signal
+    from tickcast.server import serve_edge_until_signal, serve_until_signal
 
     try:
-        trio.run(serve_until_signal, config)
+        trio.run(serve_edge_until_signal if command == "edge" else serve_until_signal, config)
     except TickcastError as exc:  # e.g. the data directory is in use by another process
         print(f"tickcast: error: {exc}", file=sys.stderr)
         return 1

@@ -83,6 +83,18 @@ class Config:
     trusted_proxies: tuple[Network, ...] = field(
         default=(), metadata=_opt("comma list of proxy IPs/CIDRs whose X-Forwarded-For is believed")
     )
+    # Scale-out (SPEC §7)
+    redis_url: str | None = field(
+        default=None, metadata=_opt("Redis for scale-out, redis://HOST:PORT/DB (None: off)")
+    )
+    redis_key: str = field(default="tickcast", metadata=_opt("key prefix of the Redis streams"))
+    redis_maxlen: int = field(default=100_000, metadata=_opt("ticks kept in the Redis stream"))
+    history_url: str | None = field(
+        default=None, metadata=_opt("edge: the producer's base URL for history past the stream")
+    )
+    reuse_port: bool = field(
+        default=False, metadata=_opt("edge: share the port with other edges (SO_REUSEPORT)")
+    )
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -105,6 +117,19 @@ class Config:
                 "must be always|interval|never",
             ),
             ("host", bool(self.host), "must not be empty"),
+            (
+                "redis_url",
+                self.redis_url is None
+                or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                "must be redis://HOST:PORT/DB, rediss://... or unix://PATH",
+            ),
+            ("redis_key", bool(self.redis_key) and " " not in self.redis_key, "must be a word"),
+            ("redis_maxlen", self.redis_maxlen >= 1, "must be >= 1"),
+            (
+                "history_url",
+                self.history_url is None or self.history_url.startswith(("http://", "https://")),
+                "must be http://HOST:PORT or https://...",
+            ),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -147,6 +172,10 @@ def _parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
 
 
+def _parse_optional_str(text: str) -> str | None:
+    return None if text.strip().lower() in ("", "none") else text.strip()
+
+
 def _parse_optional_int(text: str) -> int | None:
     return None if text.strip().lower() in ("", "none") else int(text)
 
@@ -158,6 +187,9 @@ def _parser_for(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
         "trusted_proxies": _parse_networks,
         "data_dir": Path,
         "compression": _parse_bool,
+        "reuse_port": _parse_bool,
+        "redis_url": _parse_optional_str,
+        "history_url": _parse_optional_str,
         "seed": _parse_optional_int,
         "max_lag": _parse_optional_int,
     }
@@ -187,7 +219,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, tuple):
             default = ",".join(map(str, default)) or "none"
         help_text = f"{f.metadata['help']} [default: {default}]"
-        if f.name == "compression":
+        if f.type == "bool":
             group.add_argument(
                 flag,
                 dest=f.name,

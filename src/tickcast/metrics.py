@@ -60,11 +60,11 @@ class Metrics(Collector):
         )
         self._gc_started = 0.0
         self._snapshot: Callable[[], ServiceStatistics] | None = None
+        self.registry.register(self)
 
     def bind(self, snapshot: Callable[[], ServiceStatistics]) -> None:
-        """Read the service's counters through ``snapshot`` at each scrape."""
+        """Read the service's counters through ``snapshot`` at each scrape (the last wins)."""
         self._snapshot = snapshot
-        self.registry.register(self)
 
     def watch_gc(self) -> None:
         """Time every cyclic GC run into ``tickcast_gc_pause_seconds`` (until unwatched)."""

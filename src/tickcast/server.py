@@ -26,13 +26,20 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from tickcast.config import Config
+from tickcast.edge import Edge
 from tickcast.producer import Producer
 from tickcast.sources.simulated import run_simulator
 from tickcast.web.app import attach, create_app
 from tickcast.web.frontdoor import listen, serve_frontdoor
 from tickcast.web.lifespan import app_lifespan
 
-__all__ = ["run_producer", "serve", "serve_until_signal"]
+__all__ = [
+    "run_producer",
+    "serve",
+    "serve_edge",
+    "serve_edge_until_signal",
+    "serve_until_signal",
+]
 
 log = logging.getLogger("tickcast.server")
 
@@ -53,6 +60,8 @@ async def run_producer(
         await nursery.start(producer.run_writer)
         if config.source == "sim":
             await nursery.start(run_simulator, producer)
+        if producer.appender is not None:
+            await nursery.start(producer.appender.run)
         task_status.started(producer)
         await trio.sleep_forever()
 
@@ -82,6 +91,8 @@ async def serve(
             async with trio.open_nursery() as inner, app_lifespan(app):
                 if config.source == "sim":
                     await inner.start(run_simulator, producer)
+                if producer.appender is not None:
+                    await inner.start(producer.appender.run)
                 await inner.start(serve_frontdoor, service, app, lsock)
                 log.info("tickcast listening on http://%s:%d", config.host, port)
                 gc.collect()
@@ -101,6 +112,42 @@ async def serve(
     log.info("stopped; latest t %s", service.history.latest_t)
 
 
+async def serve_edge(
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    edge: Edge | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a scale-out edge (SPEC §7) until ``shutdown_trigger`` returns.
+
+    The same listener, routes and sessions as :func:`serve`, over a history read
+    from the Redis stream instead of a source and segment files. ``started``
+    receives the bound port. ``edge`` lets a caller (tests) build the edge itself.
+    """
+    if edge is None:
+        edge = Edge(config)
+    service = edge.service
+    app = create_app()
+    attach(app, service)
+    lsock = listen(config.host, config.port, reuse_port=config.reuse_port)
+    port = int(lsock.getsockname()[1])
+    try:
+        async with trio.open_nursery() as nursery, app_lifespan(app):
+            await nursery.start(edge.run)
+            await nursery.start(serve_frontdoor, service, app, lsock)
+            log.info("tickcast edge listening on http://%s:%d", config.host, port)
+            task_status.started(port)
+            if shutdown_trigger is None:
+                await trio.sleep_forever()
+            await shutdown_trigger()
+            log.info("shutting down: closing stream clients with 1001")
+            nursery.cancel_scope.cancel()
+    finally:
+        attach(app, None)
+        lsock.close()
+
+
 async def _first_signal() -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -111,3 +158,8 @@ async def _first_signal() -> None:
 async def serve_until_signal(config: Config) -> None:
     """:func:`serve` until SIGINT or SIGTERM."""
     await serve(config, shutdown_trigger=_first_signal)
+
+
+async def serve_edge_until_signal(config: Config) -> None:
+    """:func:`serve_edge` until SIGINT or SIGTERM."""
+    await serve_edge(config, shutdown_trigger=_first_signal)

@@ -71,6 +71,13 @@ class Service:
         if self.failures.pop(component, None) is not None:
             log.info("%s recovered", component)
 
+    def unavailable(self) -> str | None:
+        """Why streams cannot start now (an edge not yet fed), or None."""
+        if self.history.ready:
+            return None
+        _, reasons = self.history.health()
+        return "; ".join(reasons) or "not ready"
+
     def health(self) -> tuple[bool, list[str]]:
         ok, reasons = self.history.health()
         reasons = [f"{k} failed: {v}" for k, v in self.failures.items()] + reasons

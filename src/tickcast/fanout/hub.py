@@ -63,6 +63,10 @@ class Subscriber:
         """Close the connection as a slow consumer (4008). Must not block."""
         raise NotImplementedError
 
+    def reset(self) -> None:
+        """Close the connection because the history was reset (4009). Must not block."""
+        raise NotImplementedError
+
 
 class Hub:
     """The set of subscribers, and the fan-out of each published tick."""
@@ -97,6 +101,19 @@ class Hub:
             fell_behind=self._fell_behind,
             slow_closes=self._slow_closes,
         )
+
+    def evict_all(self) -> None:
+        """4008 to every subscriber: ticks they need are lost (a scale-out gap)."""
+        for sub in tuple(self._subs):
+            self._slow_closes += 1
+            self.discard(sub)
+            sub.evict()
+
+    def reset_all(self) -> None:
+        """4009 to every subscriber: the history behind them was reset (a new epoch)."""
+        for sub in tuple(self._subs):
+            self.discard(sub)
+            sub.reset()
 
     def publish(self, tick: EncodedTick) -> None:
         """Fan ``tick`` out. Never blocks; see the module invariants."""

@@ -20,12 +20,14 @@ keeps:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from tickcast.storage.ring import Ring
 from tickcast.tick import EncodedTick
 
-__all__ = ["History", "HistoryStatistics"]
+__all__ = ["History", "HistoryStatistics", "read_through"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,11 @@ class History(Protocol):
     @property
     def epoch(self) -> str:
         """The id of this history; a new one means every ``t`` before is void."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """False while it cannot say which history it serves (an edge not yet fed)."""
         ...
 
     @property
@@ -91,3 +98,40 @@ class History(Protocol):
     def statistics(self) -> HistoryStatistics:
         """Counters and sizes for ``/metrics``."""
         ...
+
+
+async def read_through(
+    ring: Ring,
+    older: Callable[[int, int], Awaitable[list[EncodedTick]]],
+    start: int,
+    limit: int,
+    end: int,
+) -> list[EncodedTick]:
+    """Up to ``limit`` consecutive ticks ``start..end``: from ``older`` (files, or a
+    producer) until the ring begins, then from the ring.
+
+    ``older(from_t, n)`` returns up to ``n`` consecutive ticks from ``from_t`` (or
+    from the first it still has). Stops at the first break in ``t`` (retention cut
+    the range), returning the consecutive part. Retries when the ring moved on while
+    ``older`` was read.
+    """
+    out: list[EncodedTick] = []
+    limit = min(limit, end - start + 1)
+    while limit > 0:
+        ring_oldest = ring.oldest_t
+        if ring_oldest is not None and start >= ring_oldest:
+            try:
+                out += ring.range(start, limit, upto=end)
+                return out
+            except KeyError:  # the ring moved on while we read the older part
+                continue
+        n = limit if ring_oldest is None else min(limit, ring_oldest - start)
+        ticks = await older(start, n)
+        if not ticks:
+            return out
+        if out and ticks[0].t != out[-1].t + 1:
+            return out
+        out += ticks
+        start = ticks[-1].t + 1
+        limit -= len(ticks)
+    return out

@@ -35,7 +35,7 @@ import trio
 
 from tickcast.config import Config
 from tickcast.errors import StoreError
-from tickcast.storage.history import HistoryStatistics
+from tickcast.storage.history import HistoryStatistics, read_through
 from tickcast.storage.ring import Ring
 from tickcast.storage.store import SegmentStore
 from tickcast.tick import EncodedTick
@@ -119,6 +119,10 @@ class LocalHistory:
         """The ``t`` the next appended tick must carry."""
         latest = self.ring.latest_t
         return self.store.next_t if latest is None else latest + 1
+
+    @property
+    def ready(self) -> bool:
+        return True
 
     @property
     def next_published_t(self) -> int:
@@ -292,27 +296,11 @@ class LocalHistory:
         start = from_t if oldest is None else max(from_t, oldest)
         if start > end:
             return []
-        limit = min(limit, end - start + 1)
-        out: list[EncodedTick] = []
-        while limit > 0:
-            ring_oldest = self.ring.oldest_t
-            if ring_oldest is not None and start >= ring_oldest:
-                try:
-                    out += self.ring.range(start, limit, upto=end)
-                    return out
-                except KeyError:  # the ring moved on while we read the files
-                    continue
-            n = limit if ring_oldest is None else min(limit, ring_oldest - start)
-            raws = await trio.to_thread.run_sync(self.store.read, start, n, limiter=self._readers)
-            if not raws:
-                return out
-            ticks = [EncodedTick.from_stored(raw) for raw in raws]
-            if out and ticks[0].t != out[-1].t + 1:
-                return out  # retention cut the range: return the consecutive part
-            out += ticks
-            start = ticks[-1].t + 1
-            limit -= len(ticks)
-        return out
+        return await read_through(self.ring, self._read_files, start, limit, end)
+
+    async def _read_files(self, from_t: int, limit: int) -> list[EncodedTick]:
+        raws = await trio.to_thread.run_sync(self.store.read, from_t, limit, limiter=self._readers)
+        return [EncodedTick.from_stored(raw) for raw in raws]
 
     def statistics(self) -> HistoryStatistics:
         return HistoryStatistics(

@@ -41,13 +41,24 @@ class Refusal(Exception):
 
 
 def admit(
-    limits: Limits, query: Mapping[str, str], *, peer: str, forwarded_for: str | None
+    limits: Limits,
+    query: Mapping[str, str],
+    *,
+    peer: str,
+    forwarded_for: str | None,
+    unavailable: str | None = None,
 ) -> Admission:
     """Validate the query and take a connection slot for the client.
 
+    ``unavailable`` is why the service cannot stream yet (an edge that has not
+    reached its stream), or None.
+
     Raises:
-        Refusal: 400 for a bad parameter (nothing taken), 429 over a limit.
+        Refusal: 503 while unavailable, 400 for a bad parameter (nothing taken),
+            429 over a limit.
     """
+    if unavailable is not None:
+        raise Refusal(503, "unavailable", unavailable)
     try:
         params = parse_stream_params(query)
     except BadParam as exc:

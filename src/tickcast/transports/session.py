@@ -168,6 +168,10 @@ class StreamSession(Subscriber):
         """The hub's 4008 (it has already left the hub and been counted)."""
         self.terminate(Evicted())
 
+    def reset(self) -> None:
+        """The hub's 4009: the history was reset (a scale-out edge saw a new epoch)."""
+        self.terminate(EpochChanged())
+
     def release(self) -> None:
         """Leave the hub and give back the connection slot (idempotent, never blocks).
 

@@ -215,6 +215,7 @@ def create_app() -> QuartTrio:
                 websocket.args,
                 peer=websocket.remote_addr or "",
                 forwarded_for=websocket.headers.get("x-forwarded-for"),
+                unavailable=service.unavailable(),
             )
         except Refusal as refused:
             return error_response(refused.status, refused.error, refused.detail)

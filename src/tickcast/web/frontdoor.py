@@ -66,10 +66,14 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         await self._stream.aclose()
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A non-blocking listening socket (``port`` 0 picks a free one)."""
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking listening socket (``port`` 0 picks a free one).
+
+    ``reuse_port`` sets ``SO_REUSEPORT``: several processes (edges) share the port
+    and the kernel spreads connections over them.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=4096)
+    sock = socket.create_server((host, port), family=family, backlog=4096, reuse_port=reuse_port)
     sock.setblocking(False)
     return sock
 
@@ -177,7 +181,13 @@ class FrontDoor:
             if name.lower() == b"x-forwarded-for":
                 forwarded = value.decode("latin-1")
         try:
-            admission = admit(service.limits, query, peer=peer, forwarded_for=forwarded)
+            admission = admit(
+                service.limits,
+                query,
+                peer=peer,
+                forwarded_for=forwarded,
+                unavailable=service.unavailable(),
+            )
         except Refusal as refused:
             await _send_all(sock, _json_reject(ws, refused.status, refused.body()))
             sock.close()
