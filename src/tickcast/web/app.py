@@ -34,7 +34,7 @@ from tickcast.sources.ingest import MAX_INGEST_BYTES, build_tick
 from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.intake import Refusal, admit
-from tickcast.transports.params import BadParam, fields_param, int_param
+from tickcast.transports.params import BadParam, fields_param, int_param, start_params
 
 __all__ = ["attach", "create_app"]
 
@@ -50,6 +50,7 @@ MAX_LIMIT = 10_000
 
 class IncrementalQuery(msgspec.Struct):
     from_t: int = 0
+    from_ts: float | None = None  # unix seconds, instead of from_t
     limit: int = 1000
     fields: str | None = None
 
@@ -171,14 +172,19 @@ def create_app() -> QuartTrio:
     @document_response(IncrementalResponse, 200)
     @document_response(ErrorResponse, 400)
     async def incremental() -> Response:
-        """Up to ``limit`` (max 10000) consecutive ticks from ``max(from_t, oldest_t)``."""
-        from_t = int_param(request.args, "from_t", 0, None)
-        from_t = 0 if from_t is None else from_t
+        """Up to ``limit`` (max 10000) consecutive ticks from ``max(from_t, oldest_t)``.
+
+        With ``from_ts`` instead of ``from_t``: from the first tick whose ``ts >= from_ts``.
+        """
+        service = _service(app)
+        from_t, from_ts = start_params(request.args)
         limit = int_param(request.args, "limit", 1, None)
         limit = 1000 if limit is None else min(limit, MAX_LIMIT)
         fields = fields_param(request.args)
-        service = _service(app)
         history = service.history
+        if from_ts is not None:
+            from_t = await history.find_ts(from_ts)
+        from_t = 0 if from_t is None else from_t
         latest = history.latest_t
         ticks = await history.read(from_t, limit, upto=latest)
         oldest = history.oldest_t
