@@ -97,9 +97,7 @@ class TimeIndex:
                 return self._search(segs, x, end)
             except _Moved:
                 continue
-            except CorruptRecordError:
-                raise
-            except OSError as exc:
+            except OSError as exc:  # CorruptRecordError is no OSError: it goes up as is
                 raise StoreError(f"time search failed: {exc}") from exc
         raise StoreError(f"time search for ts={x} kept losing segments to retention")
 
