@@ -1,4 +1,4 @@
-"""Storage benchmark: append throughput, read latency by depth, open() time by history size.
+"""Storage benchmark: append throughput, read and seek latency by depth, open() time.
 
 Run: ``.venv/bin/python bench/storage.py [--quick]`` (from the project root). Prints a
 table; the figures in docs/performance.md ("Storage") come from it. Works in a
@@ -27,7 +27,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from tickcast.storage import SegmentStore
+from tickcast.storage.ring import Ring
 from tickcast.storage.segment import index_name
+from tickcast.storage.timeindex import TimeIndex, lower_bound
+from tickcast.tick import EncodedTick
 
 Row = tuple[str, str, str]
 
@@ -104,6 +107,49 @@ def read_latency(
     return result
 
 
+def ts_of(t: int) -> float:
+    """The ``ts`` that ``tick_maker`` gives tick ``t``."""
+    return float("%.6f" % (1732450000.0 + t / 10))
+
+
+def seek_latency(
+    store: SegmentStore, ranges: list[tuple[int, int]], seeks: int
+) -> list[tuple[float, float]]:
+    """Median and p99 (µs) of a time seek (``TimeIndex.find``) to a tick's ``ts`` in each
+    range, checked against the tick's ``t``; the ranges take turns, like ``read_latency``."""
+    index = TimeIndex(store)
+    rng = random.Random(2)
+    samples: list[list[float]] = [[] for _ in ranges]
+    for _ in range(seeks):
+        for (lo, hi), out in zip(ranges, samples, strict=True):
+            t = rng.randrange(lo, hi)
+            start = time.perf_counter()
+            found = index.find(ts_of(t))
+            out.append(time.perf_counter() - start)
+            assert found == t, (found, t)
+    result = []
+    for out in samples:
+        out.sort()
+        result.append((statistics.median(out) * 1e6, out[int(len(out) * 0.99)] * 1e6))
+    return result
+
+
+def ring_seek_latency(size: int, seeks: int, make: Callable[[int], bytes]) -> float:
+    """Median µs of the in-memory part of a seek: a bisection over a full ring."""
+    ring = Ring(size)
+    for t in range(size):
+        ring.append(EncodedTick.from_stored(make(t), t))
+    rng = random.Random(3)
+    samples = []
+    for _ in range(seeks):
+        t = rng.randrange(size)
+        start = time.perf_counter()
+        found = lower_bound(0, size, ts_of(t), lambda u: ring.get(u).ts)  # type: ignore[union-attr]
+        samples.append(time.perf_counter() - start)
+        assert found == t
+    return statistics.median(samples) * 1e6
+
+
 def time_open(directory: Path, *, crash: bool, drop_last_idx: bool = False, runs: int = 5) -> float:
     """Median seconds of ``SegmentStore.open`` (with or without the CLEAN marker)."""
     samples = []
@@ -163,6 +209,18 @@ def main() -> None:
                 (f"read(from_t, 100), {name}", f"median {med:.0f} us, p99 {p99:.0f} us", "")
             )
         rows.append(("deep / recent median ratio", f"{old[0] / recent[0]:.2f}", "<= 1.5"))
+
+        with SegmentStore.open(deep) as store:
+            latest = store.latest_t
+            assert latest is not None
+            recent, old = seek_latency(store, [(latest - 10_000, latest), (0, n_deep // 10)], reads)
+        for name, (med, p99) in (("recent (last 10k)", recent), ("deep (first 10%)", old)):
+            rows.append(
+                (f"seek by ts in the files, {name}", f"median {med:.0f} us, p99 {p99:.0f} us", "")
+            )
+        rows.append(("deep / recent seek median ratio", f"{old[0] / recent[0]:.2f}", "<= 1.5"))
+        ring_us = ring_seek_latency(10_000, reads, small_tick)
+        rows.append(("seek by ts in a 10k ring (memory)", f"median {ring_us:.1f} us", ""))
 
         for label, directory in (("1,000", small), (f"{n_deep:,}", deep)):
             for crash in (False, True):

@@ -149,7 +149,7 @@ def test_every_setting_has_an_env_var() -> None:
             assert "unknown" not in str(exc), name
         else:
             # Free-text settings accept any string.
-            assert f.name in ("host", "data_dir", "ingest_token", "redis_key"), f.name
+            assert f.name in ("host", "data_dir", "ingest_token", "read_token", "redis_key"), f.name
 
 
 # -- unknown and bad values -----------------------------------------------------------

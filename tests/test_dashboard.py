@@ -72,3 +72,24 @@ def test_dashboard_shows_live_ticks_and_resumes_after_restart(
         assert page.locator("#conn").inner_text() == "live"
     assert errors == []
     page.close()
+
+
+def test_dashboard_with_a_read_token_passes_it_on_and_shows_live_ticks(
+    browser: Browser, tmp_path: Path
+) -> None:
+    token = "dash-T0ken"
+    errors: list[str] = []
+    page = browser.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with tickcast_process(tmp_path, "--read-token", token) as srv:
+        refused = page.goto(srv.url("/"))
+        assert refused is not None and refused.status == 401
+        assert refused.json()["error"] == "unauthorized"
+        shown = page.goto(srv.url(f"/?token={token}"))
+        assert shown is not None and shown.status == 200
+        page.wait_for_function("window.__tickcast && window.__tickcast.count >= 20", timeout=15000)
+        assert page.locator("#conn").inner_text() == "live"
+        assert ticks_seen(page)["missed"] == 0
+        assert float(page.locator("#price").inner_text()) > 0
+    assert errors == []
+    page.close()

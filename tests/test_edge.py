@@ -146,6 +146,12 @@ async def test_an_edge_started_late_serves_recent_history_at_once(
             assert [t["t"] for t in body["data"]] == list(range(200, 500))
             direct = (await prod.get("/incremental?from_t=200&limit=300")).json()
             assert body["data"] == direct["data"]
+            # Seeking by time on the edge lands where it does on the producer.
+            ts = body["data"][150]["ts"]
+            async with httpx.AsyncClient() as client:
+                seek = (await client.get(late.url(f"/incremental?from_ts={ts}&limit=1"))).json()
+            direct = (await prod.get(f"/incremental?from_ts={ts}&limit=1")).json()
+            assert seek["data"][0]["t"] == direct["data"][0]["t"] <= 350
 
 
 @pytest.mark.parametrize("appendonly", [False, True], ids=["no-persistence", "aof"])

@@ -146,3 +146,43 @@ def test_bad_message(data: bytes | str) -> None:
 def test_unknown_type_is_named_in_the_detail() -> None:
     reply = orjson.loads(client_reply(b'{"type":"subscribe"}'))
     assert "subscribe" in reply["detail"]
+
+
+# -- from_ts ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("0", 0.0),
+        ("1732450000", 1732450000.0),
+        ("1732450000.123456", 1732450000.123456),
+        (".5", 0.5),
+        ("5.", 5.0),
+        ("1.7e9", 1.7e9),
+        ("1E+3", 1000.0),
+        ("-0", 0.0),
+    ],
+)
+def test_from_ts(raw: str, value: float) -> None:
+    p = parse_stream_params({"from_ts": raw})
+    assert (p.from_t, p.from_ts) == (None, value)
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "x", "-1", "-0.5", "nan", "inf", "-inf", "1e999", "0x10", " 5", "5 ", "1_000", "."]
+)
+def test_bad_from_ts(raw: str) -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"from_ts": raw})
+    assert info.value.param == "from_ts"
+
+
+def test_from_t_and_from_ts_together_are_refused() -> None:
+    with pytest.raises(BadParam, match="not both") as info:
+        parse_stream_params({"from_t": "5", "from_ts": "1000.5"})
+    assert info.value.param == "from_ts"
+    # A bad from_t is still reported first (checks run in order).
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"from_t": "x", "from_ts": "1000.5"})
+    assert info.value.param == "from_t"

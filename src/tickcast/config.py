@@ -37,6 +37,7 @@ MiB = 2**20
 FsyncPolicy = Literal["always", "interval", "never"]
 SourceKind = Literal["sim", "ingest"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what an Authorization: Bearer header can carry
 
 
 def _opt(help: str, **kw: Any) -> dict[str, Any]:
@@ -57,6 +58,11 @@ class Config:
     seed: int | None = field(default=None, metadata=_opt("simulator seed (None: random)"))
     ingest_token: str | None = field(
         default=None, metadata=_opt("bearer token for POST /ingest (required with ingest)")
+    )
+    # Access
+    read_token: str | None = field(
+        default=None,
+        metadata=_opt("token required by /ws/stream, /incremental and / (none: reading is open)"),
     )
     # Log
     data_dir: Path = field(default=Path("segments"), metadata=_opt("segment directory"))
@@ -134,6 +140,9 @@ class Config:
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"setting {name!r}: {why} (got {getattr(self, name)!r})")
+        if self.read_token is not None and not _TOKEN.fullmatch(self.read_token):
+            why = "must be printable ASCII without spaces (omit it to leave reading open)"
+            raise ConfigError(f"setting 'read_token': {why}")  # the value is never echoed
         if self.source == "ingest" and not self.ingest_token:
             raise ConfigError("setting 'ingest_token': required with source=ingest")
 
@@ -277,7 +286,7 @@ def describe(config: Config) -> Sequence[str]:
     out = []
     for f in _fields():
         value = getattr(config, f.name)
-        if f.name == "ingest_token" and value:
+        if f.name in ("ingest_token", "read_token") and value:
             value = "***"
         out.append(f"{f.name}={value}")
     return out

@@ -72,6 +72,19 @@ class ProducerHistory:
         # The producer's bytes, re-encoded by orjson as they were encoded: identical.
         return [EncodedTick.from_stored(orjson.dumps(tick), tick["t"]) for tick in body["data"]]
 
+    async def find_ts(self, ts: float) -> int | None:
+        if self._producer_epoch != self._epoch():
+            return None
+        try:
+            resp = await self._client.get(
+                f"{self._base}/incremental", params={"from_ts": repr(ts), "limit": 1}
+            )
+            resp.raise_for_status()
+            return int(orjson.loads(resp.content)["from_t"])
+        except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("history_url seek to ts=%r failed: %s", ts, exc)
+            return None
+
     async def refresh(self) -> None:
         """Re-read the producer's epoch and oldest ``t`` (errors leave them unknown)."""
         try:

@@ -28,6 +28,7 @@ __all__ = [
     "batch_message",
     "encode_message",
     "parse_fields",
+    "read_head",
 ]
 
 HEAD_KEYS = ("type", "t", "ts")
@@ -61,6 +62,21 @@ def parse_fields(text: str | None) -> Fields:
             raise ValueError(f"unknown field {name!r}; choose from {','.join(OPTIONAL_KEYS)}")
     chosen = tuple(k for k in OPTIONAL_KEYS if k in names)
     return None if len(chosen) == len(OPTIONAL_KEYS) else chosen
+
+
+def read_head(raw: bytes) -> tuple[int, float] | None:
+    """``(t, ts)`` read off the head of a tick's JSON (keys ``type, t, ts`` first).
+
+    ``raw`` may be just the first bytes of a record. None when they do not start
+    ``{"type":"tick","t":N,"ts":X`` followed by ``,`` or ``}`` (a cut number does not match).
+    """
+    m = _HEAD.match(raw)
+    if m is None:
+        return None
+    try:
+        return int(m.group(1)), float(m.group(2))
+    except ValueError:  # "1.2.3" matches the character class but is no number
+        return None
 
 
 def encode_message(obj: dict[str, Any]) -> bytes:
@@ -109,13 +125,13 @@ class EncodedTick:
         Ticks are stored with ``type, t, ts`` first (SPEC §2); anything else falls
         back to a full parse.
         """
-        m = _HEAD.match(raw)
-        if m is None:
+        head = read_head(raw)
+        if head is None:
             return cls.from_raw(raw, t=t)
-        head_t = int(m.group(1))
+        head_t, ts = head
         if t is not None and head_t != t:
             raise ValueError(f"record holds t={head_t}, expected t={t}")
-        return cls(head_t, float(m.group(2)), raw)
+        return cls(head_t, ts, raw)
 
     def view(self, fields: Fields) -> bytes:
         """The JSON of this tick restricted to ``fields`` (cached per field set)."""

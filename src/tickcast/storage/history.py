@@ -83,6 +83,20 @@ class History(Protocol):
         """
         ...
 
+    async def find_ts(self, ts: float) -> int:
+        """The ``t`` a seek to unix time ``ts`` starts at (SPEC §4 "Seeking by time").
+
+        The first published tick whose ``ts >= ts``, found by a binary search (no
+        scan); ``next_published_t`` when no published tick qualifies (the stream then
+        starts with the next tick, as for a future ``from_t``). Where a tick's ``ts``
+        is lower than its predecessor's, the result ``r`` still has ``ts(r) >= ts``
+        and ``ts(r - 1) < ts`` (see ``storage/timeindex.py``).
+
+        Raises:
+            CorruptRecordError: a stored record failed its checksum.
+        """
+        ...
+
     async def wait_published(self, t: int) -> None:
         """Wait until tick ``t`` has been published.
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 import trio
 
@@ -38,6 +39,7 @@ from tickcast.errors import StoreError
 from tickcast.storage.history import HistoryStatistics, read_through
 from tickcast.storage.ring import Ring
 from tickcast.storage.store import SegmentStore
+from tickcast.storage.timeindex import TimeIndex, lower_bound
 from tickcast.tick import EncodedTick
 
 __all__ = ["LocalHistory"]
@@ -64,6 +66,7 @@ class LocalHistory:
     def __init__(self, store: SegmentStore, ring: Ring, *, fsync: str) -> None:
         self.store = store
         self.ring = ring
+        self._times = TimeIndex(store)
         self._fsync = fsync
         self._send, self._receive = trio.open_memory_channel[EncodedTick](WRITE_QUEUE)
         self._readers = trio.CapacityLimiter(READ_THREADS)
@@ -301,6 +304,40 @@ class LocalHistory:
     async def _read_files(self, from_t: int, limit: int) -> list[EncodedTick]:
         raws = await trio.to_thread.run_sync(self.store.read, from_t, limit, limiter=self._readers)
         return [EncodedTick.from_stored(raw) for raw in raws]
+
+    async def find_ts(self, ts: float) -> int:
+        """The ``t`` a seek to ``ts`` starts at: the first published tick with ``ts >= ts``.
+
+        A binary search, in memory over the ring's published ticks when the oldest of
+        them is older than ``ts``, else over the segment files below the ring (in a
+        worker thread; see :mod:`~tickcast.storage.timeindex` for the cost and for what
+        holds when a tick's ``ts`` is lower than its predecessor's). ``latest_t + 1``
+        (:attr:`next_published_t`) when no published tick has ``ts >= ts``.
+
+        Raises:
+            CorruptRecordError: a probed record failed its checks.
+        """
+        end = self._published_t
+        oldest = self.oldest_t
+        if end is None or oldest is None:
+            return self.next_published_t
+        ring_oldest = self.ring.oldest_t
+        lo = end + 1 if ring_oldest is None else max(ring_oldest, oldest)
+        ring = self.ring
+
+        def ring_ts(t: int) -> float:
+            tick = ring.get(t)
+            assert tick is not None  # lo .. end stay in the ring: no await before the search
+            return tick.ts
+
+        if lo <= end and ring_ts(lo) < ts:
+            return lower_bound(lo + 1, end + 1, ts, ring_ts)
+        if lo == oldest:
+            return lo
+        # ts(lo) >= ts (or lo is past the end): the answer is at most lo, in the files.
+        return await trio.to_thread.run_sync(
+            partial(self._times.find, ts, before=lo), limiter=self._readers
+        )
 
     def statistics(self) -> HistoryStatistics:
         return HistoryStatistics(

@@ -22,6 +22,7 @@ import trio
 from tickcast.errors import StoreError
 from tickcast.storage.history import HistoryStatistics, read_through
 from tickcast.storage.ring import Ring
+from tickcast.storage.timeindex import lower_bound
 from tickcast.tick import EncodedTick
 
 __all__ = ["Backfill", "MirrorHistory"]
@@ -29,6 +30,10 @@ __all__ = ["Backfill", "MirrorHistory"]
 
 class Backfill(Protocol):
     """Older ticks than the mirror holds, from the producer (``history_url``)."""
+
+    async def find_ts(self, ts: float) -> int | None:
+        """The producer's answer to a seek by time (None: unavailable)."""
+        ...
 
     @property
     def oldest_t(self) -> int | None:
@@ -129,6 +134,27 @@ class MirrorHistory:
         if self.backfill is None:
             return []
         return await self.backfill.read(from_t, limit)
+
+    async def find_ts(self, ts: float) -> int:
+        """A binary search over the ring; older than the ring: the producer's answer
+        with ``history_url``, else the ring's oldest tick (the edge has no more)."""
+        end, lo = self._published_t, self.ring.oldest_t
+        if end is None or lo is None:
+            return self._next_t
+        ring = self.ring
+
+        def ring_ts(t: int) -> float:
+            tick = ring.get(t)
+            assert tick is not None  # lo .. end stay in the ring: no await before the search
+            return tick.ts
+
+        if ring_ts(lo) < ts:
+            return lower_bound(lo + 1, end + 1, ts, ring_ts)
+        if self.backfill is not None:
+            found = await self.backfill.find_ts(ts)
+            if found is not None and found <= lo:
+                return found
+        return lo
 
     async def wait_published(self, t: int) -> None:
         epoch = self._epoch

@@ -27,7 +27,6 @@ import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import NamedTuple, get_args
 
 import orjson
@@ -185,14 +184,18 @@ class SegmentStore:
     @property
     def total_bytes(self) -> int:
         """Bytes of data and index files on disk."""
+        return sum(s.data_bytes + s.idx_bytes for s in self.segments)
+
+    @property
+    def segments(self) -> Sequence[Segment]:
+        """The segments, oldest first: a snapshot (the list is replaced, never mutated)."""
         with self._lock:
-            return sum(s.data_bytes + s.idx_bytes for s in self._segments)
+            return self._segments
 
     @property
     def segment_count(self) -> int:
         """Number of segments, including the open (possibly empty) one."""
-        with self._lock:
-            return len(self._segments)
+        return len(self.segments)
 
     @property
     def corruption(self) -> list[str]:
@@ -369,9 +372,7 @@ class SegmentStore:
     def __enter__(self) -> SegmentStore:
         return self
 
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- reading (any thread) --------------------------------------------------
@@ -435,9 +436,8 @@ class SegmentStore:
 
     def _vanished(self, seg: Segment, t: int) -> None:
         """A file of ``seg`` was missing: retention (retry) or damage (report or rebuild)."""
-        with self._lock:
-            if seg not in self._segments:
-                return  # retention took it
+        if seg not in self.segments:
+            return  # retention took it
         if not seg.data_path.exists():
             raise CorruptRecordError(seg.data_path, 0, t, "data file missing")
         seg.checked = False  # the index vanished: rebuild it on the retry

@@ -1,7 +1,9 @@
 """Admitting a ``/ws/stream`` connection, the same for every transport.
 
-Before the upgrade: parse the query (400), find the client address (the socket
-peer, or ``X-Forwarded-For`` from a trusted proxy), take a connection slot (429).
+Before the upgrade: check the read token if one is set (401), parse the query
+(400), find the client address (the socket peer, or ``X-Forwarded-For`` from a
+trusted proxy), take a connection slot (429). :func:`authorize` alone is the
+check the HTTP routes that need the token (``/incremental``, ``/``) make.
 A transport calls :func:`admit` once, answers a :class:`Refusal` with its status
 and JSON body, and otherwise upgrades and hands the slot to its session, which
 gives it back when it ends.
@@ -9,6 +11,8 @@ gives it back when it ends.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,7 +20,7 @@ from tickcast.errors import error_body
 from tickcast.fanout.limits import Limits
 from tickcast.transports.params import BadParam, StreamParams, parse_stream_params
 
-__all__ = ["Admission", "Refusal", "admit"]
+__all__ = ["Admission", "Refusal", "admit", "authorize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,43 @@ class Refusal(Exception):
     def body(self) -> bytes:
         return error_body(self.error, self.detail)
 
+    def headers(self) -> list[tuple[str, str]]:
+        """Extra response headers: the challenge of a 401 (RFC 6750)."""
+        return [("www-authenticate", 'Bearer realm="tickcast"')] if self.status == 401 else []
+
+
+def authorize(
+    read_token: str | None, query: Mapping[str, str], *, authorization: str | None
+) -> None:
+    """Check the read token: ``Authorization: Bearer <token>`` or ``?token=<token>``.
+
+    Open when ``read_token`` is None. Compared in constant time, as SHA-256 digests
+    so that not even the length leaks; the presented value never appears in the
+    refusal (nor, so, in any log).
+
+    Raises:
+        Refusal: 401 when a token is required and neither form carries it.
+    """
+    if read_token is None:
+        return
+    presented: list[str] = []
+    if authorization is not None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            presented.append(credentials.strip())
+    if "token" in query:
+        presented.append(query["token"])
+    if not presented:
+        detail = "a read token is required: Authorization: Bearer <token>, or ?token=<token>"
+        raise Refusal(401, "unauthorized", detail)
+    expected = hashlib.sha256(read_token.encode()).digest()
+    ok = False
+    for candidate in presented:  # every candidate compared: no early exit to time
+        digest = hashlib.sha256(candidate.encode("utf-8", "replace")).digest()
+        ok |= hmac.compare_digest(digest, expected)
+    if not ok:
+        raise Refusal(401, "unauthorized", "wrong read token")
+
 
 def admit(
     limits: Limits,
@@ -46,17 +87,20 @@ def admit(
     *,
     peer: str,
     forwarded_for: str | None,
+    read_token: str | None,
+    authorization: str | None,
     unavailable: str | None = None,
 ) -> Admission:
-    """Validate the query and take a connection slot for the client.
+    """Check the read token, validate the query and take a connection slot for the client.
 
     ``unavailable`` is why the service cannot stream yet (an edge that has not
     reached its stream), or None.
 
     Raises:
-        Refusal: 503 while unavailable, 400 for a bad parameter (nothing taken),
-            429 over a limit.
+        Refusal: 401 without the read token, 503 while unavailable, 400 for a bad
+            parameter (nothing taken in any of these cases), 429 over a limit.
     """
+    authorize(read_token, query, authorization=authorization)
     if unavailable is not None:
         raise Refusal(503, "unavailable", unavailable)
     try:

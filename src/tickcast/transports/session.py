@@ -144,6 +144,7 @@ class StreamSession(Subscriber):
         self.ip = ip  # the address whose connection slot this session holds while OPEN
         self.live = False
         self.next_t = 0
+        self.from_t = params.from_t  # with from_ts: the t it resolved to (see run())
         self.sent_t = -1  # the last t whose message the transport has taken
         self.state = State.OPEN
         self.end: BaseException | None = None  # why it ended (None: cancelled, i.e. shutdown)
@@ -298,9 +299,13 @@ class StreamSession(Subscriber):
             "heartbeat_s": _number(self.service.config.heartbeat_s),
             "server": f"tickcast/{__version__}",
         }
-        from_t = self.params.from_t
-        if from_t is not None and history.oldest_t is not None and from_t < history.oldest_t:
-            msg["truncated"] = True
+        from_t, oldest = self.from_t, history.oldest_t
+        if from_t is not None and oldest is not None:
+            # from_t: ticks from_t .. oldest_t - 1 are gone. from_ts: the seek landed on
+            # oldest_t and retention has deleted ticks before it, which may have matched.
+            by_time = self.params.from_ts is not None
+            if from_t < oldest or (by_time and from_t == oldest > 0):
+                msg["truncated"] = True
         return encode_message(msg)
 
     def heartbeat(self) -> bytes:
@@ -323,10 +328,12 @@ class StreamSession(Subscriber):
         """
         history = self.service.history
         hub = self.service.hub
+        if self.params.from_ts is not None:  # resolve to a t (<= latest_t + 1), then as from_t
+            self.from_t = await history.find_ts(self.params.from_ts)
         # Decide the start and build the hello in one step (no await between), so the
         # hello's oldest_t / latest_t / truncated describe exactly what follows.
         hello = self.hello()
-        from_t = self.params.from_t
+        from_t = self.from_t
         first: EncodedTick | None = None
         if from_t is None:
             first = history.latest()

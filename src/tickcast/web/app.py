@@ -33,8 +33,8 @@ from tickcast.service import Service
 from tickcast.sources.ingest import MAX_INGEST_BYTES, build_tick
 from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
-from tickcast.transports.intake import Refusal, admit
-from tickcast.transports.params import BadParam, fields_param, int_param
+from tickcast.transports.intake import Refusal, admit, authorize
+from tickcast.transports.params import BadParam, fields_param, int_param, start_params
 
 __all__ = ["attach", "create_app"]
 
@@ -50,6 +50,8 @@ MAX_LIMIT = 10_000
 
 class IncrementalQuery(msgspec.Struct):
     from_t: int = 0
+    from_ts: float | None = None  # unix seconds, instead of from_t
+    token: str | None = None  # the read token, when set and not sent as a bearer header
     limit: int = 1000
     fields: str | None = None
 
@@ -96,6 +98,12 @@ class _Unavailable(Exception):
     pass
 
 
+def _authorize(service: Service) -> None:
+    """The read token check of the HTTP routes that need it (raises :class:`Refusal`)."""
+    auth = request.headers.get("authorization")
+    authorize(service.config.read_token, request.args, authorization=auth)
+
+
 def attach(app: Quart, service: Service | None, *, producer: Producer | None = None) -> None:
     """Give the app its running service (None detaches it).
 
@@ -124,6 +132,12 @@ def create_app() -> QuartTrio:
     @app.errorhandler(BadParam)
     async def bad_param(exc: BadParam) -> Response:
         return error_response(400, "bad_request", str(exc))
+
+    @app.errorhandler(Refusal)
+    async def refused(exc: Refusal) -> Response:
+        response = error_response(exc.status, exc.error, exc.detail)
+        response.headers.update(exc.headers())
+        return response
 
     @app.errorhandler(_Unavailable)
     async def unavailable(exc: _Unavailable) -> Response:
@@ -171,14 +185,20 @@ def create_app() -> QuartTrio:
     @document_response(IncrementalResponse, 200)
     @document_response(ErrorResponse, 400)
     async def incremental() -> Response:
-        """Up to ``limit`` (max 10000) consecutive ticks from ``max(from_t, oldest_t)``."""
-        from_t = int_param(request.args, "from_t", 0, None)
-        from_t = 0 if from_t is None else from_t
+        """Up to ``limit`` (max 10000) consecutive ticks from ``max(from_t, oldest_t)``.
+
+        With ``from_ts`` instead of ``from_t``: from the first tick whose ``ts >= from_ts``.
+        """
+        service = _service(app)
+        _authorize(service)
+        from_t, from_ts = start_params(request.args)
         limit = int_param(request.args, "limit", 1, None)
         limit = 1000 if limit is None else min(limit, MAX_LIMIT)
         fields = fields_param(request.args)
-        service = _service(app)
         history = service.history
+        if from_ts is not None:
+            from_t = await history.find_ts(from_ts)
+        from_t = 0 if from_t is None else from_t
         latest = history.latest_t
         ticks = await history.read(from_t, limit, upto=latest)
         oldest = history.oldest_t
@@ -197,6 +217,7 @@ def create_app() -> QuartTrio:
     @app.get("/")
     async def dashboard() -> Response:
         """The live dashboard."""
+        _authorize(_service(app))
         page = resources.files("tickcast").joinpath("web/static/dashboard.html").read_bytes()
         return Response(page, content_type="text/html; charset=utf-8")
 
@@ -215,10 +236,14 @@ def create_app() -> QuartTrio:
                 websocket.args,
                 peer=websocket.remote_addr or "",
                 forwarded_for=websocket.headers.get("x-forwarded-for"),
+                read_token=service.config.read_token,
+                authorization=websocket.headers.get("authorization"),
                 unavailable=service.unavailable(),
             )
         except Refusal as refused:
-            return error_response(refused.status, refused.error, refused.detail)
+            response = error_response(refused.status, refused.error, refused.detail)
+            response.headers.update(refused.headers())
+            return response
         session = AsgiSession(service, admission.params, ip=admission.ip)
         try:
             await websocket.accept()

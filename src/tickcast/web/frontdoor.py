@@ -120,8 +120,11 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
         view = view[n:]
 
 
-def _json_reject(ws: WSConnection, status: int, body: bytes) -> bytes:
+def _json_reject(
+    ws: WSConnection, status: int, body: bytes, extra: list[tuple[str, str]] | None = None
+) -> bytes:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += [(k.encode(), v.encode()) for k, v in extra or ()]
     return ws.send(RejectConnection(status_code=status, headers=headers, has_body=True)) + ws.send(
         RejectData(data=body, body_finished=True)
     )
@@ -176,20 +179,25 @@ class FrontDoor:
             sock.close()
             return
         query = dict(parse_qsl(urlsplit(request.target).query, keep_blank_values=True))
-        forwarded = None
+        forwarded = authorization = None
         for name, value in request.extra_headers:
             if name.lower() == b"x-forwarded-for":
                 forwarded = value.decode("latin-1")
+            elif name.lower() == b"authorization":
+                authorization = value.decode("latin-1")
         try:
             admission = admit(
                 service.limits,
                 query,
                 peer=peer,
                 forwarded_for=forwarded,
+                read_token=service.config.read_token,
+                authorization=authorization,
                 unavailable=service.unavailable(),
             )
         except Refusal as refused:
-            await _send_all(sock, _json_reject(ws, refused.status, refused.body()))
+            reject = _json_reject(ws, refused.status, refused.body(), refused.headers())
+            await _send_all(sock, reject)
             sock.close()
             return
         ip = admission.ip
