@@ -12,6 +12,8 @@ from trio_websocket import ConnectionClosed
 from conftest import Running, collect_ticks, make_config, next_tick, recv_json, running
 from conftest import ws_connect as open_websocket_url
 
+WAIT_S = 30  # a deadline for waits, so a regression fails instead of hanging
+
 KEY_ORDER = ["type", "t", "ts", "s", "agents", "actions", "matches"]
 
 
@@ -189,10 +191,19 @@ async def test_ping_pong_echoes_id(server: Running) -> None:
 
 
 async def test_protocol_level_ping_is_answered(server: Running) -> None:
-    async with open_websocket_url(server.ws_url()) as ws:
+    async with open_websocket_url(server.ws_url()) as ws, trio.open_nursery() as nursery:
         await recv_json(ws)
-        with trio.fail_after(5):
+
+        async def keep_reading() -> None:
+            # trio-websocket queues one message; unread ticks would stall its reader,
+            # and with it the pong behind them (on a slow machine, a hang).
+            while True:
+                await ws.get_message()
+
+        nursery.start_soon(keep_reading)
+        with trio.fail_after(WAIT_S):
             await ws.ping(b"xyz")  # returns when the matching pong arrives
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("message", ["not json", "[1,2]", '{"type":"subscribe"}', '"str"'])
