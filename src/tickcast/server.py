@@ -22,16 +22,19 @@ import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from tickcast.config import Config
-from tickcast.edge import Edge
 from tickcast.producer import Producer
 from tickcast.sources.simulated import run_simulator
 from tickcast.web.app import attach, create_app
 from tickcast.web.frontdoor import listen, serve_frontdoor
 from tickcast.web.lifespan import app_lifespan
+
+if TYPE_CHECKING:
+    from tickcast.edge import Edge
 
 __all__ = [
     "run_producer",
@@ -126,6 +129,8 @@ async def serve_edge(
     receives the bound port. ``edge`` lets a caller (tests) build the edge itself.
     """
     if edge is None:
+        from tickcast.edge import Edge  # coredis and httpx only for an edge (~0.4 s)
+
         edge = Edge(config)
     service = edge.service
     app = create_app()
