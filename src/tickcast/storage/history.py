@@ -117,18 +117,26 @@ class History(Protocol):
 async def read_through(
     ring: Ring,
     older: Callable[[int, int], Awaitable[list[EncodedTick]]],
-    start: int,
+    from_t: int,
     limit: int,
-    end: int,
+    *,
+    oldest_t: int | None,
+    latest_t: int | None,
+    upto: int | None = None,
 ) -> list[EncodedTick]:
-    """Up to ``limit`` consecutive ticks ``start..end``: from ``older`` (files, or a
-    producer) until the ring begins, then from the ring.
+    """:meth:`History.read` for a history made of a ring and something older.
 
-    ``older(from_t, n)`` returns up to ``n`` consecutive ticks from ``from_t`` (or
-    from the first it still has). Stops at the first break in ``t`` (retention cut
-    the range), returning the consecutive part. Retries when the ring moved on while
-    ``older`` was read.
+    Up to ``limit`` consecutive ticks from ``max(from_t, oldest_t)`` to
+    ``min(latest_t, upto)``: from ``older`` (segment files, or a producer) until the
+    ring begins, then from the ring. ``older(from_t, n)`` returns up to ``n``
+    consecutive ticks from ``from_t`` (or from the first it still has). Stops at
+    the first break in ``t`` (retention cut the range), returning the consecutive
+    part; retries when the ring moved on while ``older`` was read.
     """
+    if latest_t is None or limit < 1:
+        return []
+    end = latest_t if upto is None else min(latest_t, upto)
+    start = from_t if oldest_t is None else max(from_t, oldest_t)
     out: list[EncodedTick] = []
     limit = min(limit, end - start + 1)
     while limit > 0:

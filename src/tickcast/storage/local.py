@@ -290,16 +290,15 @@ class LocalHistory:
         Raises:
             CorruptRecordError: a stored record failed its checksum.
         """
-        end = self._published_t
-        if end is None or limit < 1:
-            return []
-        if upto is not None:
-            end = min(end, upto)
-        oldest = self.oldest_t
-        start = from_t if oldest is None else max(from_t, oldest)
-        if start > end:
-            return []
-        return await read_through(self.ring, self._read_files, start, limit, end)
+        return await read_through(
+            self.ring,
+            self._read_files,
+            from_t,
+            limit,
+            oldest_t=self.oldest_t,
+            latest_t=self._published_t,
+            upto=upto,
+        )
 
     async def _read_files(self, from_t: int, limit: int) -> list[EncodedTick]:
         raws = await trio.to_thread.run_sync(self.store.read, from_t, limit, limiter=self._readers)

@@ -119,16 +119,15 @@ class MirrorHistory:
         return self.ring.latest()
 
     async def read(self, from_t: int, limit: int, *, upto: int | None = None) -> list[EncodedTick]:
-        end = self._published_t
-        if end is None or limit < 1:
-            return []
-        if upto is not None:
-            end = min(end, upto)
-        oldest = self.oldest_t
-        start = from_t if oldest is None else max(from_t, oldest)
-        if start > end:
-            return []
-        return await read_through(self.ring, self._read_older, start, limit, end)
+        return await read_through(
+            self.ring,
+            self._read_older,
+            from_t,
+            limit,
+            oldest_t=self.oldest_t,
+            latest_t=self._published_t,
+            upto=upto,
+        )
 
     async def _read_older(self, from_t: int, limit: int) -> list[EncodedTick]:
         if self.backfill is None:
