@@ -138,3 +138,16 @@ async def test_publish_command_pipes_json_lines(tmp_path: Path) -> None:
         )
         assert bad.returncode == 1
         assert b"line 1 is not JSON" in bad.stderr
+
+
+async def test_ingest_refuses_what_it_could_not_store(tmp_path: Path) -> None:
+    # JSON nested deeper than orjson writes (254 levels) parses, but cannot be stored.
+    deep = b"[" * 300 + b"]" * 300
+    body = orjson.dumps({**CONTENT, "actions": []}).replace(b'"actions":[]', b'"actions":' + deep)
+    config = make_config(tmp_path, source="ingest", ingest_token=TOKEN)
+    async with running(config) as srv, httpx.AsyncClient() as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = await client.post(srv.url("/ingest"), content=body, headers=auth)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "bad_request"
+        assert (await post(srv, CONTENT)).json()["first_t"] == 0  # nothing was taken
