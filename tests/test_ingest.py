@@ -54,7 +54,13 @@ async def test_ingest_rejects_bad_token_and_bad_bodies(tmp_path: Path) -> None:
     async with running(config) as srv:
         assert (await post(srv, CONTENT, token=None)).status_code == 401
         assert (await post(srv, CONTENT, token="wrong")).status_code == 401
-        for bad in [{"s": {}}, [CONTENT, {"agents": 1}], "text", {**CONTENT, "ts": "x"}]:
+        for bad in [
+            {"s": {}},
+            [CONTENT, {"agents": 1}],
+            "text",
+            {**CONTENT, "ts": "x"},
+            {**CONTENT, "ts": True},
+        ]:
             r = await post(srv, bad)
             assert r.status_code == 400, bad
             assert r.json()["error"] == "bad_request"

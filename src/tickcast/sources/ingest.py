@@ -39,7 +39,7 @@ def build_tick(t: int, content: Any) -> dict[str, Any]:
         if not isinstance(content[key], list):
             raise ValueError(f"{key!r} must be a list")
     ts = content.get("ts", time.time())
-    if not isinstance(ts, int | float):
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise ValueError("'ts' must be a number")
     tick: dict[str, Any] = {"type": "tick", "t": t, "ts": round(float(ts), 6)}
     for key in OPTIONAL_KEYS:
