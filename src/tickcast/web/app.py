@@ -35,6 +35,7 @@ from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.intake import Refusal, admit
 from tickcast.transports.params import BadParam, fields_param, int_param
+from tickcast.web import keepalive
 
 __all__ = ["attach", "create_app"]
 
@@ -120,6 +121,7 @@ def create_app() -> QuartTrio:
         scalar_ui_path=None,
         conversion_preference="msgspec",
     )
+    keepalive.install(app)
 
     @app.errorhandler(BadParam)
     async def bad_param(exc: BadParam) -> Response:
@@ -136,7 +138,12 @@ def create_app() -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         name = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, name, exc.description or name)
+        response = error_response(exc.code or 500, name, exc.description or name)
+        # Keep what the exception says in headers: a 405's Allow (RFC 9110 §15.5.6).
+        for key, value in exc.get_headers():
+            if key.lower() != "content-type":
+                response.headers[key] = value
+        return response
 
     @app.errorhandler(Exception)
     async def internal(exc: Exception) -> Response:
