@@ -35,7 +35,7 @@ from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.intake import Refusal, admit
 from tickcast.transports.params import BadParam, fields_param, int_param
-from tickcast.web import keepalive, openapi, schemas
+from tickcast.web import apidocs, keepalive, openapi, schemas
 from tickcast.web.openapi import INGEST_ACCESS, READ_ACCESS, answers, json_body, page
 
 __all__ = ["attach", "create_app"]
@@ -136,6 +136,7 @@ def create_app() -> QuartTrio:
     app = QuartTrio("tickcast")
     openapi.install(app)
     keepalive.install(app)
+    app.register_blueprint(apidocs.blueprint)
 
     @app.errorhandler(BadParam)
     async def bad_param(exc: BadParam) -> Response:
@@ -226,13 +227,6 @@ def create_app() -> QuartTrio:
     async def dashboard() -> Response:
         """The live dashboard."""
         page = resources.files("tickcast").joinpath("web/static/dashboard.html").read_bytes()
-        return Response(page, content_type="text/html; charset=utf-8")
-
-    @app.get("/docs")
-    @page("text/html", description="A readable page of /openapi.json.")
-    async def docs() -> Response:
-        """A readable page of the OpenAPI description (no CDN needed)."""
-        page = resources.files("tickcast").joinpath("web/static/docs.html").read_bytes()
         return Response(page, content_type="text/html; charset=utf-8")
 
     @app.websocket("/ws/stream")
