@@ -1,4 +1,4 @@
-"""The API described for people: ``/docs`` and its assets.
+"""The API described for people and tools: ``/docs``, its assets, ``/asyncapi.json``.
 
 ``/docs`` is Swagger UI on ``/openapi.json``, served entirely from installed
 packages, so the page works offline: the Swagger UI files come from the
@@ -13,9 +13,11 @@ from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-from quart import Blueprint, Response
+import msgspec
+from quart import Blueprint, Response, request
 from swagger_ui_bundle import swagger_ui_path
 
+from tickcast.web import asyncapi
 from tickcast.web.openapi import answers, page
 
 __all__ = ["STATIC", "blueprint"]
@@ -64,3 +66,11 @@ async def docs_static(name: str) -> Response:
     response.cache_control.public = True
     response.cache_control.max_age = 3600
     return response
+
+
+@blueprint.get("/asyncapi.json")
+@page("application/json", description="The AsyncAPI 3.0 document of /ws/stream.")
+async def asyncapi_json() -> Response:
+    """The ``/ws/stream`` protocol as AsyncAPI 3.0 (this server as its server)."""
+    doc = asyncapi.document(request.host, secure=request.scheme in ("https", "wss"))
+    return Response(msgspec.json.encode(doc), content_type="application/json")
