@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from conftest import Running
+from wsclient import RawClient, Rejected
 
 
 async def test_405_is_json_and_carries_allow(server: Running) -> None:
@@ -44,3 +45,21 @@ async def test_keep_alive_survives_an_answer_before_the_body(server: Running, pa
     lines = await trio.to_thread.run_sync(exchange)
     assert len(lines) == 3
     assert all(line.split()[1] in (b"405", b"409") for line in lines)
+
+
+@pytest.mark.parametrize("query", ["from_t=" + "9" * 5000, "limit=" + "9" * 5000])
+async def test_an_integer_too_long_for_python_is_a_400(server: Running, query: str) -> None:
+    # int() refuses more than 4300 digits with ValueError: that was a 500 (internal).
+    r = await server.get(f"/incremental?{query}")
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": "bad_request",
+        "detail": f"{query.split('=')[0]}: must be an integer, got 5000 digits",
+    }
+
+
+async def test_an_integer_too_long_for_python_refuses_the_upgrade(server: Running) -> None:
+    with pytest.raises(Rejected) as refused:
+        await RawClient.connect(server.port, "/ws/stream?from_t=" + "9" * 5000)
+    assert refused.value.status == 400
+    assert b"5000 digits" in refused.value.body
