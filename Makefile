@@ -9,6 +9,7 @@ DEV_STAMP := $(VENV)/.stamp-dev
 LOAD_STAMP := $(VENV)/.stamp-load
 BROWSER_STAMP := $(VENV)/.stamp-browser
 REDIS_STAMP := $(VENV)/.stamp-redis
+NPM_STAMP := $(VENV)/.stamp-npm
 LINTED := src tests bench loadtest
 # Every install is constrained to the versions the suite last passed with (make lock).
 LOCK := constraints.txt
@@ -57,6 +58,14 @@ $(REDIS_STAMP): | $(BIN)/python
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 	touch $@
 
+# The AsyncAPI test fetches the official AsyncAPI JSON Schema once with npm (no PyPI
+# package ships it): Debian's npm.
+$(NPM_STAMP): | $(BIN)/python
+	@command -v npm >/dev/null || { \
+		echo "installing Debian's npm for the AsyncAPI test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	touch $@
+
 run: $(RUN_STAMP)
 	$(BIN)/tickcast serve $(ARGS)
 
@@ -68,7 +77,7 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(DEV_STAMP) $(BROWSER_STAMP) $(REDIS_STAMP)
+pytest: $(DEV_STAMP) $(BROWSER_STAMP) $(REDIS_STAMP) $(NPM_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -54,7 +54,13 @@ async def test_ingest_rejects_bad_token_and_bad_bodies(tmp_path: Path) -> None:
     async with running(config) as srv:
         assert (await post(srv, CONTENT, token=None)).status_code == 401
         assert (await post(srv, CONTENT, token="wrong")).status_code == 401
-        for bad in [{"s": {}}, [CONTENT, {"agents": 1}], "text", {**CONTENT, "ts": "x"}]:
+        for bad in [
+            {"s": {}},
+            [CONTENT, {"agents": 1}],
+            "text",
+            {**CONTENT, "ts": "x"},
+            {**CONTENT, "ts": True},
+        ]:
             r = await post(srv, bad)
             assert r.status_code == 400, bad
             assert r.json()["error"] == "bad_request"
@@ -138,3 +144,16 @@ async def test_publish_command_pipes_json_lines(tmp_path: Path) -> None:
         )
         assert bad.returncode == 1
         assert b"line 1 is not JSON" in bad.stderr
+
+
+async def test_ingest_refuses_what_it_could_not_store(tmp_path: Path) -> None:
+    # JSON nested deeper than orjson writes (254 levels) parses, but cannot be stored.
+    deep = b"[" * 300 + b"]" * 300
+    body = orjson.dumps({**CONTENT, "actions": []}).replace(b'"actions":[]', b'"actions":' + deep)
+    config = make_config(tmp_path, source="ingest", ingest_token=TOKEN)
+    async with running(config) as srv, httpx.AsyncClient() as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = await client.post(srv.url("/ingest"), content=body, headers=auth)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "bad_request"
+        assert (await post(srv, CONTENT)).json()["first_t"] == 0  # nothing was taken

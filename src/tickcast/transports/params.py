@@ -58,7 +58,10 @@ def int_param(query: Mapping[str, str], name: str, lo: int, hi: int | None) -> i
         return None
     if not _DIGITS.match(raw):
         raise BadParam(name, f"must be an integer, got {raw!r}")
-    value = int(raw)
+    try:
+        value = int(raw)
+    except ValueError:  # over Python's int_max_str_digits (4300)
+        raise BadParam(name, f"must be an integer, got {len(raw)} digits") from None
     if value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
         raise BadParam(name, f"must be {bound}, got {value}")

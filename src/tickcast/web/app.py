@@ -15,17 +15,17 @@ from __future__ import annotations
 import hmac
 import logging
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
 import trio
+from msgspec import UNSET, Meta, UnsetType
 from quart import Quart, Response, request, websocket
-from quart_schema import QuartSchema, document_querystring, document_response
+from quart_schema import document_querystring, document_response, security_scheme
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from tickcast import __version__
 from tickcast.errors import CorruptRecordError, StoreError, error_body
 from tickcast.metrics import CONTENT_TYPE
 from tickcast.producer import Producer
@@ -35,6 +35,8 @@ from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.intake import Refusal, admit, authorize
 from tickcast.transports.params import BadParam, fields_param, int_param, start_params
+from tickcast.web import apidocs, keepalive, openapi, schemas
+from tickcast.web.openapi import INGEST_ACCESS, READ_ACCESS, answers, json_body, page
 
 __all__ = ["attach", "create_app"]
 
@@ -49,34 +51,53 @@ MAX_LIMIT = 10_000
 
 
 class IncrementalQuery(msgspec.Struct):
-    from_t: int = 0
-    from_ts: float | None = None  # unix seconds, instead of from_t
-    token: str | None = None  # the read token, when set and not sent as a bearer header
-    limit: int = 1000
-    fields: str | None = None
+    from_t: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="The first t wanted; the page starts at max(from_t, oldest_t).",
+        ),
+    ] = 0
+    from_ts: schemas.FromTs | UnsetType = UNSET
+    limit: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description=f"Ticks per page; over {MAX_LIMIT} is capped at {MAX_LIMIT} (no error).",
+        ),
+    ] = 1000
+    fields: schemas.Fields | UnsetType = UNSET
 
 
 class IncrementalResponse(msgspec.Struct):
-    from_t: int
-    count: int
-    latest_t: int | None
-    next_t: int
-    data: list[dict[str, Any]]
+    """Up to `limit` consecutive ticks (`count: 0` past `latest_t`)."""
+
+    from_t: Annotated[int, Meta(ge=0, description="t of the first tick in data")]
+    count: Annotated[int, Meta(ge=0, le=MAX_LIMIT)]
+    latest_t: Annotated[int, Meta(ge=0)] | None
+    next_t: Annotated[int, Meta(ge=0, description="from_t + count: the from_t of the next page")]
+    data: list[schemas.Tick]
 
 
 class HealthResponse(msgspec.Struct):
-    status: str
+    """Liveness and the range of history (`degraded` with reasons on 503)."""
+
+    status: Annotated[str, Meta(pattern="^(ok|degraded)$")]
     epoch: str
-    oldest_t: int | None
-    latest_t: int | None
-    clients: int
+    oldest_t: Annotated[int, Meta(ge=0)] | None
+    latest_t: Annotated[int, Meta(ge=0)] | None
+    clients: Annotated[int, Meta(ge=0)]
     uptime_s: float
-    reasons: list[str] = []
+    reason: str | UnsetType = UNSET  # degraded only
+    reasons: list[str] | UnsetType = UNSET  # degraded only
 
 
-class ErrorResponse(msgspec.Struct):
-    error: str
-    detail: str
+class IngestResponse(msgspec.Struct):
+    """The ticks were written and published."""
+
+    accepted: Annotated[int, Meta(ge=0)]
+    first_t: Annotated[int, Meta(ge=0)]
+    latest_t: Annotated[int, Meta(ge=0)] | None
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -119,15 +140,9 @@ def attach(app: Quart, service: Service | None, *, producer: Producer | None = N
 def create_app() -> QuartTrio:
     """The Quart-Trio app with every route; attach a service before serving."""
     app = QuartTrio("tickcast")
-    app.config["QUART_SCHEMA_CONVERSION_PREFERENCE"] = "msgspec"
-    QuartSchema(
-        app,
-        info={"title": "tickcast", "version": __version__},
-        swagger_ui_path=None,
-        redoc_ui_path=None,
-        scalar_ui_path=None,
-        conversion_preference="msgspec",
-    )
+    openapi.install(app)
+    keepalive.install(app)
+    app.register_blueprint(apidocs.blueprint)
 
     @app.errorhandler(BadParam)
     async def bad_param(exc: BadParam) -> Response:
@@ -150,7 +165,12 @@ def create_app() -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         name = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, name, exc.description or name)
+        response = error_response(exc.code or 500, name, exc.description or name)
+        # Keep what the exception says in headers: a 405's Allow (RFC 9110 §15.5.6).
+        for key, value in exc.get_headers():
+            if key.lower() != "content-type":
+                response.headers[key] = value
+        return response
 
     @app.errorhandler(Exception)
     async def internal(exc: Exception) -> Response:
@@ -160,6 +180,7 @@ def create_app() -> QuartTrio:
     @app.get("/health")
     @document_response(HealthResponse, 200)
     @document_response(HealthResponse, 503)
+    @answers(503)
     async def health() -> Response:
         """Liveness and the range of history; 503 when the source or writer failed."""
         service = _service(app)
@@ -183,7 +204,8 @@ def create_app() -> QuartTrio:
     @app.get("/incremental")
     @document_querystring(IncrementalQuery)
     @document_response(IncrementalResponse, 200)
-    @document_response(ErrorResponse, 400)
+    @answers(400, 401, 503)
+    @security_scheme(READ_ACCESS)
     async def incremental() -> Response:
         """Up to ``limit`` (max 10000) consecutive ticks from ``max(from_t, oldest_t)``.
 
@@ -210,22 +232,21 @@ def create_app() -> QuartTrio:
         return Response(body, content_type="application/json")
 
     @app.get("/metrics")
+    @page("text/plain", description="Prometheus text exposition (format 0.0.4).")
+    @answers(503)
     async def metrics() -> Response:
         """Prometheus text exposition."""
         return Response(_service(app).metrics.render(), content_type=CONTENT_TYPE)
 
     @app.get("/")
+    @page("text/html", description="The dashboard page.")
+    @answers(401)
+    @security_scheme(READ_ACCESS)
     async def dashboard() -> Response:
         """The live dashboard."""
         _authorize(_service(app))
-        page = resources.files("tickcast").joinpath("web/static/dashboard.html").read_bytes()
-        return Response(page, content_type="text/html; charset=utf-8")
-
-    @app.get("/docs")
-    async def docs() -> Response:
-        """A readable page of the OpenAPI description (no CDN needed)."""
-        page = resources.files("tickcast").joinpath("web/static/docs.html").read_bytes()
-        return Response(page, content_type="text/html; charset=utf-8")
+        body = resources.files("tickcast").joinpath("web/static/dashboard.html").read_bytes()
+        return Response(body, content_type="text/html; charset=utf-8")
 
     @app.websocket("/ws/stream")
     async def stream() -> Response | None:
@@ -256,6 +277,10 @@ def create_app() -> QuartTrio:
     numbering = trio.Lock()  # one ingest request at a time assigns t: t stays consecutive
 
     @app.post("/ingest")
+    @json_body(schemas.TickContent | list[schemas.TickContent], "One tick's content, or a list.")
+    @document_response(IngestResponse, 200)
+    @answers(400, 401, 409, 413, 503)
+    @security_scheme(INGEST_ACCESS)
     async def ingest() -> Response:
         """Append ticks from an external simulation (bearer token; ``--source ingest``)."""
         service = _service(app)

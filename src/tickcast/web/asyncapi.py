@@ -1,0 +1,253 @@
+"""``/asyncapi.json``: the ``/ws/stream`` protocol as AsyncAPI 3.0 (SPEC §3).
+
+Built from what the code uses: the message and query models of ``web.schemas``
+(msgspec Structs, turned into JSON Schema by ``msgspec.json.schema_components``),
+the close codes of ``transports.session.CloseCode`` and the limits the code
+enforces. The server is the document's application: it *sends* hello, tick,
+batch, heartbeat, pong and error, and *receives* ping. The query string is the
+WebSocket channel binding's ``query`` (AsyncAPI channel parameters are for the
+address only). Close codes and handshake refusals, which AsyncAPI has no object
+for, are the channel's ``x-close-codes`` and ``x-handshake-refusals``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tickcast import __version__
+from tickcast.transports.params import MAX_BATCH
+from tickcast.transports.session import (
+    MAX_CLIENT_MESSAGE,
+    CloseCode,
+    EpochChanged,
+    SlowConsumer,
+    too_big,
+)
+from tickcast.web import schemas
+
+__all__ = ["CLOSE_CODES", "SERVER_MESSAGES", "document"]
+
+REF = "#/components/schemas/{name}"
+CHANNEL = "stream"
+
+# Every code the server closes with: the reason it sends, and what a client should do.
+CLOSE_CODES: dict[CloseCode, tuple[str, str]] = {
+    CloseCode.GOING_AWAY: (
+        "server shutting down",
+        "The server is stopping. Back off (0.5 s doubling to 10 s) and resume with "
+        "`from_t` = last t + 1.",
+    ),
+    CloseCode.PROTOCOL_ERROR: ("", "The client broke RFC 6455 framing. Fix the client."),
+    CloseCode.INVALID_DATA: ("", "A text message that is not UTF-8. Fix the client."),
+    CloseCode.TOO_BIG: (
+        str(too_big(MAX_CLIENT_MESSAGE + 1)),
+        f"A client message over {MAX_CLIENT_MESSAGE} bytes. Fix the client.",
+    ),
+    CloseCode.INTERNAL_ERROR: (
+        "history unreadable: corrupt record",
+        "The history is damaged (`/health` names the record), or a server bug "
+        "(reason `internal error`, logged). Report it; a retry at the same from_t fails again.",
+    ),
+    CloseCode.SLOW_CONSUMER: (
+        str(SlowConsumer(8261)),
+        "The client fell more than `max_lag` ticks behind. Reconnect at once with the "
+        "`from_t` in the reason: no gap, no duplicate.",
+    ),
+    CloseCode.EPOCH_CHANGED: (
+        str(EpochChanged()),
+        "The history was reset (a scale-out edge saw a new epoch). Reconnect; the new "
+        "hello carries the new epoch, and old t values mean nothing in it.",
+    ),
+}
+
+# The HTTP answers to an upgrade that is refused, each with a JSON error body.
+REFUSALS: dict[int, tuple[str, str]] = {
+    400: (
+        "bad_request",
+        "A query parameter is invalid (checked in the order from_t, batch, fields).",
+    ),
+    401: ("unauthorized", "With `read_token` set: the token is missing or wrong."),
+    429: (
+        "too_many_connections",
+        "The server is at `max_connections`, or the address at `max_connections_per_ip`.",
+    ),
+}
+
+# name -> (model, summary, example payload)
+SERVER_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
+    "hello": (
+        schemas.Hello,
+        "Always first: the history's epoch and range.",
+        {
+            "type": "hello",
+            "epoch": "01f6f5ff2f6d25c6",
+            "oldest_t": 0,
+            "latest_t": 6268,
+            "heartbeat_s": 30,
+            "server": f"tickcast/{__version__}",
+        },
+    ),
+    "tick": (
+        schemas.Tick,
+        "One tick (here with `fields=s`): the latest one, the replay, then every new one.",
+        {
+            "type": "tick",
+            "t": 6271,
+            "ts": 1795491984.183187,
+            "s": {"price_norm": 0.511999, "volatility": 0.000618, "liquidity": 0.5926},
+        },
+    ),
+    "batch": (
+        schemas.Batch,
+        f"Up to `batch` (at most {MAX_BATCH}) consecutive ticks that were already waiting.",
+        {
+            "type": "batch",
+            "ticks": [
+                {"type": "tick", "t": 3, "ts": 1795493404.862579, "s": {"price_norm": 0.500756}},
+                {"type": "tick", "t": 4, "ts": 1795493404.962457, "s": {"price_norm": 0.500793}},
+            ],
+        },
+    ),
+    "heartbeat": (
+        schemas.Heartbeat,
+        "Every `heartbeat_s` seconds; two periods of silence mean a dead connection.",
+        {"type": "heartbeat", "latest_t": 2192, "ts": 1795492058.996497},
+    ),
+    "pong": (
+        schemas.Pong,
+        "The answer to a ping.",
+        {"type": "pong", "ts": 1795491983.959698, "id": 7},
+    ),
+    "error": (
+        schemas.Error,
+        "The answer to a client message that is not JSON, not an object, or not a ping.",
+        {"type": "error", "code": "bad_message", "detail": "not JSON"},
+    ),
+}
+
+CLIENT_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
+    "ping": (
+        schemas.Ping,
+        f"Answered by a pong. Any other message gets an error; one over "
+        f"{MAX_CLIENT_MESSAGE} bytes closes the connection with 1009.",
+        {"type": "ping", "id": 7},
+    ),
+}
+
+DESCRIPTION = """\
+The live tick stream. Every server message is one JSON object in one text frame.
+
+Order: `hello` first; then the latest tick (without `from_t`) or the replay from
+`max(from_t, oldest_t)` (with it); then every new tick live. `t` is strictly
+consecutive across the connection, batches included: no gap, no duplicate.
+Heartbeats come every `heartbeat_s` seconds. A client that falls more than
+`max_lag` ticks behind is closed with 4008 naming the `from_t` to resume with.
+Refused upgrades (`x-handshake-refusals`) are HTTP responses with a JSON body
+`{"error", "detail"}`; close codes are in `x-close-codes`.
+"""
+
+
+def _message(name: str, model: type[msgspec.Struct], summary: str, example: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "title": name,
+        "summary": summary,
+        "contentType": "application/json",
+        "payload": {"$ref": REF.format(name=model.__name__)},
+        "examples": [{"name": name, "payload": example}],
+    }
+
+
+def document(host: str, *, secure: bool = False) -> dict[str, Any]:
+    """The AsyncAPI 3.0 document for a server reached at ``host`` (``name[:port]``)."""
+    models: list[type[msgspec.Struct]] = [schemas.StreamQuery]
+    models += [model for model, _, _ in SERVER_MESSAGES.values()]
+    models += [model for model, _, _ in CLIENT_MESSAGES.values()]
+    _, components = msgspec.json.schema_components(models, ref_template=REF)
+    query = components.pop("StreamQuery")  # inline: the ws binding takes no reference
+    messages = {
+        name: _message(name, model, summary, example)
+        for name, (model, summary, example) in {**SERVER_MESSAGES, **CLIENT_MESSAGES}.items()
+    }
+    channel_ref = {"$ref": f"#/channels/{CHANNEL}"}
+
+    def refs(names: Any) -> list[dict[str, str]]:
+        return [{"$ref": f"#/channels/{CHANNEL}/messages/{name}"} for name in names]
+
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "tickcast stream",
+            "version": __version__,
+            "description": DESCRIPTION,
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "tickcast": {
+                "host": host,
+                "protocol": "wss" if secure else "ws",
+                "description": "This server. The HTTP API is at /openapi.json.",
+                "security": [
+                    {"$ref": "#/components/securitySchemes/readBearer"},
+                    {"$ref": "#/components/securitySchemes/readQuery"},
+                ],
+            }
+        },
+        "channels": {
+            CHANNEL: {
+                "address": "/ws/stream",
+                "title": "The tick stream",
+                "description": DESCRIPTION,
+                "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
+                "bindings": {
+                    "ws": {
+                        "method": "GET",
+                        "query": query,
+                        "bindingVersion": "0.1.0",
+                    }
+                },
+                "x-close-codes": [
+                    {"code": int(code), "name": code.name, "reason": reason, "meaning": meaning}
+                    for code, (reason, meaning) in CLOSE_CODES.items()
+                ],
+                "x-handshake-refusals": [
+                    {"status": status, "error": error, "meaning": meaning}
+                    for status, (error, meaning) in REFUSALS.items()
+                ],
+            }
+        },
+        "operations": {
+            "sendStream": {
+                "action": "send",
+                "channel": channel_ref,
+                "summary": "The server streams hello, ticks, batches and heartbeats.",
+                "messages": refs(["hello", "tick", "batch", "heartbeat"]),
+            },
+            "receivePing": {
+                "action": "receive",
+                "channel": channel_ref,
+                "summary": "The server answers a client's ping with a pong (or an error).",
+                "messages": refs(CLIENT_MESSAGES),
+                "reply": {"channel": channel_ref, "messages": refs(["pong", "error"])},
+            },
+        },
+        "components": {
+            "schemas": dict(sorted(components.items())),
+            "messages": messages,
+            "securitySchemes": {
+                "readBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The read token, only when the server has `read_token` set.",
+                },
+                "readQuery": {
+                    "type": "httpApiKey",
+                    "name": "token",
+                    "in": "query",
+                    "description": "The read token as `?token=` (browsers), only when set.",
+                },
+            },
+        },
+    }

@@ -1,0 +1,224 @@
+"""What goes over the wire, as msgspec Structs: the models of the API documents.
+
+The server never encodes through these (ticks are bytes encoded once, messages are
+built by ``transports.session``); they exist so that ``/openapi.json`` and
+``/asyncapi.json`` are generated from one typed description
+(``msgspec.json.schema_components``) instead of hand-written JSON, and the tests
+check real server output against them. Constraints come from the constants the
+code enforces (``OPTIONAL_KEYS``, ``MAX_BATCH``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from tickcast.tick import OPTIONAL_KEYS
+from tickcast.transports.params import MAX_BATCH
+
+__all__ = [
+    "FIELDS_PATTERN",
+    "Actions",
+    "Agents",
+    "Batch",
+    "Error",
+    "Heartbeat",
+    "Hello",
+    "Matches",
+    "Ping",
+    "Pong",
+    "State",
+    "StreamQuery",
+    "Tick",
+    "TickContent",
+]
+
+_NAME = "(?:" + "|".join(OPTIONAL_KEYS) + ")"
+FIELDS_PATTERN = f"^{_NAME}(?:,{_NAME})*$"
+"""``fields``: a comma list of tick keys, any order, repeats allowed, no empty item."""
+
+ALL_FIELDS = ",".join(OPTIONAL_KEYS)
+
+# -- query parameters ---------------------------------------------------------------------
+
+FromT = Annotated[
+    int,
+    Meta(
+        ge=0,
+        description=(
+            "Resume: every tick with `t >= from_t` from history, then live, no gap, no "
+            "duplicate (decimal digits only). Without it the stream starts with the latest tick."
+        ),
+    ),
+]
+FromTs = Annotated[
+    float,
+    Meta(
+        ge=0,
+        description=(
+            "Start at the first tick with `ts >= from_ts` (unix seconds). "
+            "Instead of `from_t`: giving both is a 400."
+        ),
+    ),
+]
+Fields = Annotated[
+    str,
+    Meta(
+        pattern=FIELDS_PATTERN,
+        description=(
+            f"Comma list of `{ALL_FIELDS}`: only those keys (plus `type,t,ts`) are sent. "
+            "Any order; repeats are allowed; an empty item is a 400."
+        ),
+        examples=["s", "s,matches"],
+    ),
+]
+Token = Annotated[
+    str,
+    Meta(
+        description=(
+            "The read token, for clients that cannot send `Authorization: Bearer` "
+            "(browsers). Only checked when the server has `read_token` set."
+        )
+    ),
+]
+
+
+class StreamQuery(msgspec.Struct):
+    """The query string of `GET /ws/stream` (SPEC §3); a bad value refuses the upgrade (400)."""
+
+    from_t: FromT | UnsetType = UNSET
+    from_ts: FromTs | UnsetType = UNSET
+    fields: Fields = ALL_FIELDS
+    batch: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=MAX_BATCH,
+            description="Up to this many waiting ticks go in one `batch` message.",
+        ),
+    ] = 1
+    token: Token | UnsetType = UNSET
+
+
+# -- the tick (SPEC §2) -------------------------------------------------------------------
+# The nested parts are described, not constrained: the built-in simulator writes the
+# SPEC §2 shape shown in the examples, but an ingest source serves what its simulation
+# posted (any object in `s`, any list in the others), and a schema must hold for both.
+
+State = Annotated[
+    dict[str, Any],
+    Meta(
+        description=(
+            "The market state. The built-in simulator's: `price_norm`, `volatility`, "
+            "`liquidity`, `imbalance` (numbers)."
+        ),
+        examples=[{"price_norm": 0.49875, "volatility": 0.003, "liquidity": 1.0, "imbalance": 0.0}],
+    ),
+]
+Agents = Annotated[
+    list[Any],
+    Meta(
+        description="The agents. The built-in simulator's: `{id, experience}` each.",
+        examples=[[{"id": 0, "experience": 0.123}]],
+    ),
+]
+Actions = Annotated[
+    list[Any],
+    Meta(
+        description=(
+            "The orders placed this tick. The built-in simulator's: `{id, side, price, size}`, "
+            "`side` one of `buy`, `sell`."
+        ),
+        examples=[[{"id": 0, "side": "buy", "price": 50000.0, "size": 1.0}]],
+    ),
+]
+Matches = Annotated[
+    list[Any],
+    Meta(
+        description=(
+            "The fills. The built-in simulator's: `{a, b, prob}`, `b` -1 for the outside book."
+        ),
+        examples=[[{"a": 0, "b": -1, "prob": 0.0}]],
+    ),
+]
+
+
+class Tick(msgspec.Struct, tag="tick", tag_field="type"):
+    """One tick: keys in the order `type, t, ts, s, agents, actions, matches`.
+
+    With `fields`, only the chosen keys of `s, agents, actions, matches` are present.
+    """
+
+    t: Annotated[int, Meta(ge=0, description="sequence number, +1 per tick")]
+    ts: Annotated[float, Meta(description="production time, unix seconds")]
+    s: State | UnsetType = UNSET
+    agents: Agents | UnsetType = UNSET
+    actions: Actions | UnsetType = UNSET
+    matches: Matches | UnsetType = UNSET
+
+
+class TickContent(msgspec.Struct):
+    """A tick as an external simulation posts it: the server assigns `t` (and `ts` if absent)."""
+
+    s: State
+    agents: Agents
+    actions: Actions
+    matches: Matches
+    ts: float | UnsetType = UNSET
+
+
+# -- stream messages (SPEC §3) -------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="type"):
+    """Always the first message."""
+
+    epoch: Annotated[str, Meta(description="id of this history; changes when it is reset")]
+    oldest_t: Annotated[int, Meta(ge=0)] | None
+    latest_t: Annotated[int, Meta(ge=0)] | None
+    heartbeat_s: Annotated[float, Meta(gt=0, description="seconds between heartbeats")]
+    server: Annotated[str, Meta(pattern="^tickcast/", description="`tickcast/<version>`")]
+    truncated: (
+        Annotated[
+            Literal[True],
+            Meta(
+                description="present only when `from_t < oldest_t`: the stream starts at oldest_t"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class Batch(msgspec.Struct, tag="batch", tag_field="type"):
+    """Consecutive ticks that were already waiting (never a batch of one)."""
+
+    ticks: Annotated[list[Tick], Meta(min_length=2, max_length=MAX_BATCH)]
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="type"):
+    """Sent every `heartbeat_s` seconds."""
+
+    latest_t: Annotated[int, Meta(ge=0)] | None
+    ts: float
+
+
+class Pong(msgspec.Struct, tag="pong", tag_field="type"):
+    """The answer to a `ping`; echoes its `id` when it had one."""
+
+    ts: float
+    id: Any | UnsetType = UNSET
+
+
+class Error(msgspec.Struct, tag="error", tag_field="type"):
+    """The answer to a client message the server cannot follow; the connection stays open."""
+
+    code: Literal["bad_message"]
+    detail: str
+
+
+class Ping(msgspec.Struct, tag="ping", tag_field="type"):
+    """The only client message; `id` (any JSON value) is echoed in the `pong`."""
+
+    id: Any | UnsetType = UNSET
