@@ -1,4 +1,4 @@
-"""Start and stop a server under test: tickcast or the reference peer.
+"""Start and stop a server under test: tickcast, the reference peer or the floor.
 
 Shared by ``loadtest/run`` and ``bench/fanout.py``; standard library only.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FLOOR_SCRIPT",
     "PEER_SCRIPT",
     "ROOT",
     "TARGETS",
@@ -45,7 +46,9 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 PEER_SCRIPT = ROOT / "bench" / "peer_websockets.py"
-TARGETS = ("tickcast", "peer", "tickcast-asgi")
+FLOOR_SCRIPT = ROOT / "bench" / "peer_floor.py"
+# floor: a bare send loop (bench/peer_floor.py), what every other figure is a ratio to
+TARGETS = ("tickcast", "peer", "floor", "tickcast-asgi")
 HOST = "127.0.0.1"
 
 # Timeouts
@@ -143,8 +146,9 @@ def build_command(
         cmd += [_python(), "-m", "hypercorn", "--worker-class", "trio"]
         cmd += ["--bind", f"{HOST}:{port}", "--graceful-timeout", "1", "tickcast.asgi:app"]
         return [*cmd, *extra_args]
-    elif name == "peer":
-        cmd = [_python(), str(PEER_SCRIPT), "--host", HOST, "--port", str(port)]
+    elif name in ("peer", "floor"):
+        script = PEER_SCRIPT if name == "peer" else FLOOR_SCRIPT
+        cmd = [_python(), str(script), "--host", HOST, "--port", str(port)]
         cmd += ["--rate", rate_arg]
     else:
         raise ValueError(f"unknown target {name!r}; expected one of {', '.join(TARGETS)}")
