@@ -35,15 +35,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
 import platform
 import resource
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadtest.light_client import Client, RawClient, Stats, open_client  # noqa: E402
 from loadtest.targets import (  # noqa: E402
+    BASE_SRC_ENV,
     TARGETS,
     RunningTarget,
     TargetError,
@@ -495,6 +499,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="ARG",
         help="extra argument for the server command line (repeatable)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="git ref whose src/ the target 'base' runs (before/after in one run)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the rows to this file")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.ramp_batch < 1 or args.stalled < 0 or args.repeat < 1:
@@ -503,7 +513,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     args.compression_modes = {"off": [False], "on": [True], "both": [False, True]}[args.compression]
     args.compression = args.compression_modes[0]
+    if ("base" in args.targets) != (args.baseline is not None):
+        parser.error("--baseline REF and the target 'base' go together")
     return args
+
+
+@contextlib.contextmanager
+def baseline_tree(ref: str | None) -> Iterator[None]:
+    """Extract ``src/`` at git ``ref`` to a temporary directory for the target ``base``."""
+    if ref is None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="tickcast-base-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref, "src"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        os.environ[BASE_SRC_ENV] = str(Path(tmp) / "src")
+        try:
+            yield
+        finally:
+            del os.environ[BASE_SRC_ENV]
 
 
 def raise_nofile_limit() -> int:
@@ -529,6 +559,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"pinning={'server CPU 0, driver CPU 1' if pinned else 'off'}",
         flush=True,
     )
+    if args.baseline:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        print(f"base = src/ at {args.baseline} ({commit})", flush=True)
+    with baseline_tree(args.baseline):
+        rows = run_matrix(args)
+    print()
+    report(rows, args, pinned)
+    return 1 if any(r.error for r in rows) else 0
+
+
+def run_matrix(args: argparse.Namespace) -> list[Row]:
+    """Every cell: clients x rates x compression x rounds, the targets in turn in each."""
     rows: list[Row] = []
     print(format_table([], ratios=False).splitlines()[0], flush=True)
     for clients in args.clients:
@@ -540,11 +587,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         row = run_cell(target, clients, rate, args, round_=round_)
                         rows.append(row)
                         print(format_table([row], ratios=False).splitlines()[-1], flush=True)
-    print()
+    return rows
+
+
+def report(rows: list[Row], args: argparse.Namespace, pinned: bool) -> None:
     print(format_table(rows))
     for line in format_notes(rows):
         print(f"note: {line}")
-    for base in (FLOOR, "peer"):
+    for base in (FLOOR, "base", "peer"):
         ratios = format_ratios(rows, base)
         if ratios:
             print(f"\ntarget / {base} (same cell, same round):")
@@ -568,7 +618,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(payload, indent=2, default=str, allow_nan=True) + "\n")
         print(f"\nrows written to {args.json}")
-    return 1 if any(r.error for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -25,12 +25,18 @@ and no send is short (short sends are counted and reported). Output: µs per mes
 for each, the ratio hub / floor, and hub - floor (µs per client per tick).
 
     .venv/bin/python bench/publish.py --clients 1000 --ticks 200 --rounds 5
+
+``--baseline REF`` runs the same measurement on ``src/`` at git ``REF`` too (extracted
+to a temporary directory, put first on ``PYTHONPATH``), alternating the two versions
+``--versions`` times, and prints after / before: the commit-message figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import json
 import os
 import selectors
 import socket
@@ -114,7 +120,8 @@ def tcp_sockets(n: int, drainer_cpu: int | None) -> Iterator[list[socket.socket]
 
 
 def null_sockets(n: int) -> list[Any]:
-    return [SimpleNamespace(send=len) for _ in range(n)]
+    # send(data) -> len(data), in C; a distinct callable per socket, as bound methods are
+    return [SimpleNamespace(send=functools.partial(len)) for _ in range(n)]
 
 
 def make_ticks(count: int, agents: int) -> list[EncodedTick]:
@@ -190,12 +197,13 @@ async def bench(args: argparse.Namespace, kind: str, socks: list[Any]) -> dict[s
         producer = await Producer.open(config)
         run = Run(producer, socks)
         per_msg: dict[str, list[float]] = {"floor": [], "hub": []}
-        t = 0
-        for _ in range(args.rounds):
-            for name in ("floor", "hub") if t % 2 == 0 else ("hub", "floor"):
+        next_t = {"floor": 0, "hub": 0}  # the hub sees consecutive ticks, as in production
+        for round_ in range(args.rounds):
+            for name in ("floor", "hub") if round_ % 2 == 0 else ("hub", "floor"):
+                t = next_t[name]
                 ticks = make_ticks(args.ticks, args.agents)
                 ticks = [EncodedTick(t + i, x.ts, x.raw) for i, x in enumerate(ticks)]
-                t += len(ticks)
+                next_t[name] += len(ticks)
                 fn = run.floor if name == "floor" else run.hub
                 gap = args.gap_ms / 1000.0 if kind == "tcp" else 0.0
                 cpu = time_ticks(fn, ticks, run.settle if kind == "tcp" else _nothing, gap)
@@ -209,13 +217,58 @@ def _nothing() -> None:
     pass
 
 
-def report(kind: str, per_msg: dict[str, list[float]]) -> None:
+def report(kind: str, per_msg: dict[str, list[float]], label: str = "") -> None:
     floor, hub = statistics.median(per_msg["floor"]), statistics.median(per_msg["hub"])
     spread = max(per_msg["hub"]) - min(per_msg["hub"])
     print(
-        f"{kind:>5}: floor {floor:6.3f} µs/msg  hub {hub:6.3f} µs/msg (±{spread / 2:.3f})  "
-        f"hub/floor x{hub / floor:.2f}  hub-floor {hub - floor:+.3f} µs per client per tick"
+        f"{label}{kind:>5}: floor {floor:6.3f} µs/msg  hub {hub:6.3f} µs/msg (±{spread / 2:.3f})"
+        f"  hub/floor x{hub / floor:.2f}  hub-floor {hub - floor:+.3f} µs per client per tick"
     )
+
+
+def compare(args: argparse.Namespace, argv: list[str]) -> int:
+    """Alternate this tree and ``src/`` at ``args.baseline``; print both and after/before."""
+    child = [a for a in argv if not a.startswith("--baseline")]
+    if args.baseline in child:
+        child.remove(args.baseline)
+    results: dict[str, dict[str, dict[str, list[float]]]] = {"before": {}, "after": {}}
+    with tempfile.TemporaryDirectory(prefix="tickcast-base-") as tmp:
+        root = Path(__file__).resolve().parent.parent
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", args.baseline, "src"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        for _ in range(args.versions):
+            for version in ("before", "after"):
+                env = dict(os.environ)
+                if version == "before":
+                    env["PYTHONPATH"] = str(Path(tmp) / "src")
+                out = subprocess.run(
+                    [sys.executable, __file__, *child, "--json-line"],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                for kind, per_msg in json.loads(out.splitlines()[-1]).items():
+                    mine = results[version].setdefault(kind, {"floor": [], "hub": []})
+                    for name in ("floor", "hub"):
+                        mine[name] += per_msg[name]
+    print(f"before = src/ at {args.baseline}, after = this tree; {args.versions} alternations")
+    for kind in results["after"]:
+        before, after = results["before"][kind], results["after"][kind]
+        report(kind, before, "before ")
+        report(kind, after, " after ")
+        b_hub, a_hub = statistics.median(before["hub"]), statistics.median(after["hub"])
+        b_ratio = b_hub / statistics.median(before["floor"])
+        a_ratio = a_hub / statistics.median(after["floor"])
+        print(
+            f"after/before {kind:>5}: hub µs/msg x{a_hub / b_hub:.2f}; "
+            f"hub/floor x{b_ratio:.2f} -> x{a_ratio:.2f}"
+        )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,14 +281,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default="null,tcp", help="null, tcp or both")
     parser.add_argument("--cpu", type=int, default=0, help="pin this process (-1: no pinning)")
     parser.add_argument("--drainer-cpu", type=int, default=1, help="-1: no pinning")
+    parser.add_argument("--baseline", metavar="REF", help="also measure src/ at this git ref")
+    parser.add_argument("--versions", type=int, default=3, help="alternations with --baseline")
     parser.add_argument("--drain", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--json-line", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drain:
         drain(*args.drain)
         return 0
+    if args.baseline:
+        return compare(args, sys.argv[1:] if argv is None else argv)
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})
-    print(f"clients={args.clients} ticks={args.ticks} rounds={args.rounds} agents={args.agents}")
+    if not args.json_line:
+        print(f"clients={args.clients} ticks={args.ticks} rounds={args.rounds}", end=" ")
+        print(f"agents={args.agents}")
+    results = {}
     for kind in args.kinds.split(","):
         if kind == "null":
             result = trio.run(bench, args, kind, null_sockets(args.clients))
@@ -243,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
             drainer = None if args.drainer_cpu < 0 else args.drainer_cpu
             with tcp_sockets(args.clients, drainer) as socks:
                 result = trio.run(bench, args, kind, socks)
-        report(kind, result)
+        results[kind] = result
+        if not args.json_line:
+            report(kind, result)
+    if args.json_line:
+        print(json.dumps(results))
     return 0
 
 

@@ -47,8 +47,11 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 PEER_SCRIPT = ROOT / "bench" / "peer_websockets.py"
 FLOOR_SCRIPT = ROOT / "bench" / "peer_floor.py"
-# floor: a bare send loop (bench/peer_floor.py), what every other figure is a ratio to
-TARGETS = ("tickcast", "peer", "floor", "tickcast-asgi")
+# floor: a bare send loop (bench/peer_floor.py), what every other figure is a ratio to;
+# base: tickcast from the source tree in $BENCH_BASE_SRC (bench/fanout.py --baseline
+# REF extracts one), for before/after figures from one run
+TARGETS = ("tickcast", "peer", "floor", "base", "tickcast-asgi")
+BASE_SRC_ENV = "BENCH_BASE_SRC"  # not TICKCAST_*: tickcast refuses unknown ones
 HOST = "127.0.0.1"
 
 # Timeouts
@@ -124,8 +127,15 @@ def build_command(
 ) -> list[str]:
     """The command line that starts target ``name`` (see SPEC §1 for tickcast's flags)."""
     rate_arg = f"{rate:g}"
-    if name == "tickcast":
-        cmd = [_tickcast(), "serve", "--host", HOST, "--port", str(port)]
+    if name in ("tickcast", "base"):
+        if name == "tickcast":
+            cmd = [_tickcast(), "serve"]
+        else:  # the same command, from another source tree (see _env)
+            if not os.environ.get(BASE_SRC_ENV):
+                raise TargetError(f"target base: ${BASE_SRC_ENV} is not set")
+            cmd = [_python(), "-c", "import sys, tickcast.cli; sys.exit(tickcast.cli.main())"]
+            cmd += ["serve"]
+        cmd += ["--host", HOST, "--port", str(port)]
         cmd += ["--data-dir", str(data_dir), "--rate", rate_arg]
         # Every benchmark client comes from 127.0.0.1: lift the per-IP limit (default 100).
         cmd += ["--max-connections-per-ip", str(max_clients)]
@@ -220,6 +230,9 @@ def start_target(
     )
     pinned = _usable_cpu(cpu)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    base_src = env.pop(BASE_SRC_ENV, None)
+    if name == "base":  # ahead of the editable install's path entry
+        env["PYTHONPATH"] = base_src or ""
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             cmd,
