@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Fan-out benchmark: N WebSocket clients x R ticks/s against tickcast and the peer.
+"""Fan-out benchmark: N WebSocket clients x R ticks/s against tickcast, the peer and the floor.
 
-For each cell of the matrix targets x clients x rates this script
+For each cell of the matrix clients x rates x compression x ``--repeat`` rounds, it
+runs every target in turn (so targets alternate and share the machine's mood), and
+for each target
 
 1. starts the target itself (``loadtest/targets.py``: free port, temporary data
    directory, pinned to CPU 0) and waits for ``GET /health`` = 200;
@@ -22,21 +24,29 @@ so 1000 clients x 50 ticks/s fit in one core; ``--client websockets`` uses the
 
 Latency counts live ticks only: a tick whose ``t`` is at most the hello's
 ``latest_t`` is history (the "latest tick" sent on connect), not a push.
+
+The ``floor`` target (``bench/peer_floor.py``: a bare ``for sock in clients:
+sock.send(frame)`` loop) is what the figures are read against: when it is in the run,
+the table gains columns of each row's CPU per delivered message, p50 and p99 as
+ratios to the floor's in the same cell and round.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
 import platform
 import resource
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadtest.light_client import Client, RawClient, Stats, open_client  # noqa: E402
 from loadtest.targets import (  # noqa: E402
+    BASE_SRC_ENV,
     TARGETS,
     RunningTarget,
     TargetError,
@@ -65,6 +76,8 @@ DRIVER_CPU = 1
 RAMP_TIMEOUT_S = 120.0
 CLOSE_WAIT_S = 0.5
 RSS_SAMPLE_S = 0.25
+# Another process using more than this much of a CPU during a window flags the cell
+BUSY_PCT = 10.0
 
 LOG_DIR = ROOT / "bench" / "results"  # git-ignored; server logs of failed cells land here
 
@@ -137,6 +150,22 @@ class Row:
     produced_per_s: float = math.nan  # t advance seen by the clients / wall
     machine_cpu_busy_pct: list[float] = field(default_factory=list)  # every process, per CPU
     error: str | None = None
+    compression: bool = False  # the clients offered permessage-deflate
+    round: int = 0  # which repetition of the cell (--repeat)
+
+    @property
+    def cpu_us_per_msg(self) -> float:
+        """Server CPU per delivered message (µs): CPU seconds in the window / ticks."""
+        if not self.ticks:
+            return math.nan
+        return self.server_cpu_pct / 100.0 * self.duration_s / self.ticks * 1e6
+
+    def other_load_pct(self) -> list[float]:
+        """Per CPU: how busy it was minus our own process pinned to it."""
+        ours = {SERVER_CPU: self.server_cpu_pct, DRIVER_CPU: self.driver_cpu_pct}
+        return [
+            max(0.0, busy - ours.get(i, 0.0)) for i, busy in enumerate(self.machine_cpu_busy_pct)
+        ]
 
 
 async def drive(target: RunningTarget, clients: int, rate: float, args: argparse.Namespace) -> Row:
@@ -232,8 +261,17 @@ async def drive(target: RunningTarget, clients: int, rate: float, args: argparse
     )
 
 
-def run_cell(target_name: str, clients: int, rate: float, args: argparse.Namespace) -> Row:
+def run_cell(
+    target_name: str, clients: int, rate: float, args: argparse.Namespace, *, round_: int = 0
+) -> Row:
     """One cell of the matrix: start the target, drive it, stop it."""
+    row = _run_cell(target_name, clients, rate, args)
+    row.compression = args.compression
+    row.round = round_
+    return row
+
+
+def _run_cell(target_name: str, clients: int, rate: float, args: argparse.Namespace) -> Row:
     try:
         target = start_target(
             target_name,
@@ -275,7 +313,7 @@ def _failed_row(
 # Output
 
 COLUMNS: list[tuple[str, str, Callable[[Row], str]]] = [
-    ("target", "<9", lambda r: r.target),
+    ("target", "<9", lambda r: r.target + ("+z" if r.compression else "")),
     ("clients", ">7", lambda r: str(r.clients)),
     ("rate", ">5", lambda r: f"{r.rate:g}"),
     ("p50 ms", ">8", lambda r: f"{r.p50_ms:.2f}"),
@@ -290,13 +328,45 @@ COLUMNS: list[tuple[str, str, Callable[[Row], str]]] = [
     ("srv RSS MB", ">10", lambda r: f"{r.server_rss_mb:.1f}"),
     ("drv CPU%", ">8", lambda r: f"{r.driver_cpu_pct:.1f}"),
     ("msg B", ">6", lambda r: f"{r.msg_bytes:.0f}"),
+    ("us/msg", ">6", lambda r: f"{r.cpu_us_per_msg:.2f}"),
 ]
 
+FLOOR = "floor"
 
-def format_table(rows: Sequence[Row]) -> str:
-    header = "  ".join(f"{name:{spec}}" for name, spec, _ in COLUMNS)
+
+def _cell(row: Row) -> tuple[int, float, bool, int]:
+    return (row.clients, row.rate, row.compression, row.round)
+
+
+def _ratio(value: float, floor: float) -> str:
+    return f"x{value / floor:.2f}" if floor and not math.isnan(floor) else "-"
+
+
+def floor_columns(rows: Sequence[Row]) -> list[tuple[str, str, Callable[[Row], str]]]:
+    """Ratio columns against the floor row of the same cell and round (if any)."""
+    floors = {_cell(r): r for r in rows if r.target == FLOOR and not r.error}
+    if not floors:
+        return []
+
+    def ratio(metric: Callable[[Row], float]) -> Callable[[Row], str]:
+        def get(row: Row) -> str:
+            floor = floors.get(_cell(row))
+            return "-" if floor is None else _ratio(metric(row), metric(floor))
+
+        return get
+
+    return [
+        ("CPU/msg /floor", ">14", ratio(lambda r: r.cpu_us_per_msg)),
+        ("p50 /floor", ">10", ratio(lambda r: r.p50_ms)),
+        ("p99 /floor", ">10", ratio(lambda r: r.p99_ms)),
+    ]
+
+
+def format_table(rows: Sequence[Row], *, ratios: bool = True) -> str:
+    columns = COLUMNS + (floor_columns(rows) if ratios else [])
+    header = "  ".join(f"{name:{spec}}" for name, spec, _ in columns)
     lines = [header, "-" * len(header)]
-    lines += ["  ".join(f"{get(row):{spec}}" for _, spec, get in COLUMNS) for row in rows]
+    lines += ["  ".join(f"{get(row):{spec}}" for _, spec, get in columns) for row in rows]
     return "\n".join(lines)
 
 
@@ -304,6 +374,10 @@ def format_notes(rows: Sequence[Row]) -> list[str]:
     notes = []
     for row in rows:
         where = f"{row.target} {row.clients}x{row.rate:g}/s"
+        if row.compression:
+            where += " deflate offered"
+        if row.round:
+            where += f" round {row.round + 1}"
         if row.error:
             notes.append(f"{where}: ERROR {row.error}")
         for reason, count in row.reasons.items():
@@ -315,6 +389,10 @@ def format_notes(rows: Sequence[Row]) -> list[str]:
         if row.machine_cpu_busy_pct:
             busy = ", ".join(f"cpu{i} {pct:.0f}%" for i, pct in enumerate(row.machine_cpu_busy_pct))
             notes.append(f"{where}: machine CPU busy during the window: {busy}")
+            other = row.other_load_pct()
+            if max(other) > BUSY_PCT:
+                load = ", ".join(f"cpu{i} {pct:.0f}%" for i, pct in enumerate(other))
+                notes.append(f"{where}: BUSY: other processes used {load}; repeat this cell")
         if row.driver_cpu_pct > 90:
             notes.append(f"{where}: the load driver was CPU-bound; latencies include its queueing")
         for i, stalled in enumerate(row.stalled):
@@ -326,16 +404,40 @@ def format_notes(rows: Sequence[Row]) -> list[str]:
     return notes
 
 
-def format_ratios(rows: Sequence[Row]) -> list[str]:
-    by_key = {(r.target, r.clients, r.rate): r for r in rows if not r.error}
+def format_ratios(rows: Sequence[Row], base: str) -> list[str]:
+    """Each target against ``base`` in the same cell and round: CPU per message, p50, p99."""
+    ok = [r for r in rows if not r.error]
+    bases = {_cell(r): r for r in ok if r.target == base}
     lines = []
-    for (target, clients, rate), tc in by_key.items():
-        peer = by_key.get(("peer", clients, rate))
-        if target == "peer" or peer is None:
+    for row in ok:
+        other = bases.get(_cell(row))
+        if row.target == base or other is None:
             continue
-        cpu = tc.server_cpu_pct / peer.server_cpu_pct if peer.server_cpu_pct else math.nan
-        p99 = tc.p99_ms / peer.p99_ms if peer.p99_ms else math.nan
-        lines.append(f"{target:>13} {clients:>6} x {rate:g}/s: CPU x{cpu:.2f}, p99 x{p99:.2f}")
+        where = f"{row.target:>13} {row.clients:>6} x {row.rate:g}/s"
+        where += " deflate" if row.compression else ""
+        where += f" (round {row.round + 1})" if row.round else ""
+        lines.append(
+            f"{where}: CPU/msg {_ratio(row.cpu_us_per_msg, other.cpu_us_per_msg)}, "
+            f"CPU {_ratio(row.server_cpu_pct, other.server_cpu_pct)}, "
+            f"p50 {_ratio(row.p50_ms, other.p50_ms)}, p99 {_ratio(row.p99_ms, other.p99_ms)}"
+        )
+    return lines
+
+
+def format_deflate_ratios(rows: Sequence[Row]) -> list[str]:
+    """Each target with deflate offered against itself without, same cell and round."""
+    plain = {(r.target, r.clients, r.rate, r.round): r for r in rows if not r.compression}
+    lines = []
+    for row in rows:
+        other = plain.get((row.target, row.clients, row.rate, row.round))
+        if not row.compression or other is None or row.error or other.error:
+            continue
+        where = f"{row.target:>13} {row.clients:>6} x {row.rate:g}/s"
+        where += f" (round {row.round + 1})" if row.round else ""
+        lines.append(
+            f"{where}: CPU {_ratio(row.server_cpu_pct, other.server_cpu_pct)}, "
+            f"p99 {_ratio(row.p99_ms, other.p99_ms)}"
+        )
     return lines
 
 
@@ -363,7 +465,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="WebSocket fan-out benchmark (tickcast vs the websockets peer).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--targets", type=str_list, default=["tickcast", "peer"], help="comma list")
+    parser.add_argument(
+        "--targets", type=str_list, default=["floor", "tickcast", "peer"], help="comma list"
+    )
     parser.add_argument("--clients", type=int_list, default=[100, 1000], help="comma list")
     parser.add_argument(
         "--rates", type=float_list, default=[20.0, 50.0], help="comma list of ticks/s"
@@ -373,7 +477,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ramp-batch", type=int, default=50, help="clients connected at once")
     parser.add_argument("--stalled", type=int, default=0, help="extra clients that never read")
     parser.add_argument(
-        "--compression", action="store_true", help="clients offer permessage-deflate"
+        "--compression",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=["off", "on", "both"],
+        help="clients offer permessage-deflate (both: every cell with and without)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of each cell (targets alternate in each)"
     )
     parser.add_argument("--agents", type=int, default=None, help="passed to both servers")
     parser.add_argument(
@@ -387,11 +499,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="ARG",
         help="extra argument for the server command line (repeatable)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="git ref whose src/ the target 'base' runs (before/after in one run)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the rows to this file")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.ramp_batch < 1 or args.stalled < 0:
-        parser.error("--duration > 0, --ramp-batch >= 1 and --stalled >= 0 are required")
+    if args.duration <= 0 or args.ramp_batch < 1 or args.stalled < 0 or args.repeat < 1:
+        parser.error(
+            "--duration > 0, --ramp-batch >= 1, --stalled >= 0 and --repeat >= 1 are required"
+        )
+    args.compression_modes = {"off": [False], "on": [True], "both": [False, True]}[args.compression]
+    args.compression = args.compression_modes[0]
+    if ("base" in args.targets) != (args.baseline is not None):
+        parser.error("--baseline REF and the target 'base' go together")
     return args
+
+
+@contextlib.contextmanager
+def baseline_tree(ref: str | None) -> Iterator[None]:
+    """Extract ``src/`` at git ``ref`` to a temporary directory for the target ``base``."""
+    if ref is None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="tickcast-base-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref, "src"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        os.environ[BASE_SRC_ENV] = str(Path(tmp) / "src")
+        try:
+            yield
+        finally:
+            del os.environ[BASE_SRC_ENV]
 
 
 def raise_nofile_limit() -> int:
@@ -411,25 +553,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     pinned = not args.no_pin and pin_current_process(DRIVER_CPU)
     print(
         f"fan-out: targets={','.join(args.targets)} clients={args.clients} rates={args.rates} "
-        f"duration={args.duration:g}s client={args.client} compression={args.compression} "
-        f"stalled={args.stalled} pinning={'server CPU 0, driver CPU 1' if pinned else 'off'}",
+        f"duration={args.duration:g}s client={args.client} "
+        f"compression={','.join(str(c) for c in args.compression_modes)} "
+        f"repeat={args.repeat} stalled={args.stalled} "
+        f"pinning={'server CPU 0, driver CPU 1' if pinned else 'off'}",
         flush=True,
     )
+    if args.baseline:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        print(f"base = src/ at {args.baseline} ({commit})", flush=True)
+    with baseline_tree(args.baseline):
+        rows = run_matrix(args)
+    print()
+    report(rows, args, pinned)
+    return 1 if any(r.error for r in rows) else 0
+
+
+def run_matrix(args: argparse.Namespace) -> list[Row]:
+    """Every cell: clients x rates x compression x rounds, the targets in turn in each."""
     rows: list[Row] = []
+    print(format_table([], ratios=False).splitlines()[0], flush=True)
     for clients in args.clients:
         for rate in args.rates:
-            for target in args.targets:
-                row = run_cell(target, clients, rate, args)
-                rows.append(row)
-                print(format_table([row]).splitlines()[-1], flush=True)
-    print()
+            for compression in args.compression_modes:
+                args.compression = compression
+                for round_ in range(args.repeat):
+                    for target in args.targets:
+                        row = run_cell(target, clients, rate, args, round_=round_)
+                        rows.append(row)
+                        print(format_table([row], ratios=False).splitlines()[-1], flush=True)
+    return rows
+
+
+def report(rows: list[Row], args: argparse.Namespace, pinned: bool) -> None:
     print(format_table(rows))
     for line in format_notes(rows):
         print(f"note: {line}")
-    ratios = format_ratios(rows)
-    if ratios:
-        print("\ntarget / peer:")
-        print("\n".join(ratios))
+    for base in (FLOOR, "base", "peer"):
+        ratios = format_ratios(rows, base)
+        if ratios:
+            print(f"\ntarget / {base} (same cell, same round):")
+            print("\n".join(ratios))
+    deflate = format_deflate_ratios(rows)
+    if deflate:
+        print("\ndeflate offered / not (same target, cell and round):")
+        print("\n".join(deflate))
     if args.json:
         meta = {
             "argv": sys.argv[1:],
@@ -439,10 +612,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "platform": platform.platform(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        payload = {"meta": meta, "rows": [asdict(r) for r in rows]}
+        payload = {
+            "meta": meta,
+            "rows": [asdict(r) | {"cpu_us_per_msg": r.cpu_us_per_msg} for r in rows],
+        }
         args.json.write_text(json.dumps(payload, indent=2, default=str, allow_nan=True) + "\n")
         print(f"\nrows written to {args.json}")
-    return 1 if any(r.error for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Start and stop a server under test: tickcast or the reference peer.
+"""Start and stop a server under test: tickcast, the reference peer or the floor.
 
 Shared by ``loadtest/run`` and ``bench/fanout.py``; standard library only.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FLOOR_SCRIPT",
     "PEER_SCRIPT",
     "ROOT",
     "TARGETS",
@@ -45,7 +46,12 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 PEER_SCRIPT = ROOT / "bench" / "peer_websockets.py"
-TARGETS = ("tickcast", "peer", "tickcast-asgi")
+FLOOR_SCRIPT = ROOT / "bench" / "peer_floor.py"
+# floor: a bare send loop (bench/peer_floor.py), what every other figure is a ratio to;
+# base: tickcast from the source tree in $BENCH_BASE_SRC (bench/fanout.py --baseline
+# REF extracts one), for before/after figures from one run
+TARGETS = ("tickcast", "peer", "floor", "base", "tickcast-asgi")
+BASE_SRC_ENV = "BENCH_BASE_SRC"  # not TICKCAST_*: tickcast refuses unknown ones
 HOST = "127.0.0.1"
 
 # Timeouts
@@ -121,8 +127,15 @@ def build_command(
 ) -> list[str]:
     """The command line that starts target ``name`` (see SPEC §1 for tickcast's flags)."""
     rate_arg = f"{rate:g}"
-    if name == "tickcast":
-        cmd = [_tickcast(), "serve", "--host", HOST, "--port", str(port)]
+    if name in ("tickcast", "base"):
+        if name == "tickcast":
+            cmd = [_tickcast(), "serve"]
+        else:  # the same command, from another source tree (see _env)
+            if not os.environ.get(BASE_SRC_ENV):
+                raise TargetError(f"target base: ${BASE_SRC_ENV} is not set")
+            cmd = [_python(), "-c", "import sys, tickcast.cli; sys.exit(tickcast.cli.main())"]
+            cmd += ["serve"]
+        cmd += ["--host", HOST, "--port", str(port)]
         cmd += ["--data-dir", str(data_dir), "--rate", rate_arg]
         # Every benchmark client comes from 127.0.0.1: lift the per-IP limit (default 100).
         cmd += ["--max-connections-per-ip", str(max_clients)]
@@ -143,8 +156,9 @@ def build_command(
         cmd += [_python(), "-m", "hypercorn", "--worker-class", "trio"]
         cmd += ["--bind", f"{HOST}:{port}", "--graceful-timeout", "1", "tickcast.asgi:app"]
         return [*cmd, *extra_args]
-    elif name == "peer":
-        cmd = [_python(), str(PEER_SCRIPT), "--host", HOST, "--port", str(port)]
+    elif name in ("peer", "floor"):
+        script = PEER_SCRIPT if name == "peer" else FLOOR_SCRIPT
+        cmd = [_python(), str(script), "--host", HOST, "--port", str(port)]
         cmd += ["--rate", rate_arg]
     else:
         raise ValueError(f"unknown target {name!r}; expected one of {', '.join(TARGETS)}")
@@ -216,6 +230,9 @@ def start_target(
     )
     pinned = _usable_cpu(cpu)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    base_src = env.pop(BASE_SRC_ENV, None)
+    if name == "base":  # ahead of the editable install's path entry
+        env["PYTHONPATH"] = base_src or ""
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             cmd,

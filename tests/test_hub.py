@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tickcast.fanout.hub import Hub, Subscriber
+from tickcast.fanout.hub import Hub, Lane, Subscriber
 from tickcast.tick import EncodedTick
 
 TS0 = 1_732_450_000.0
@@ -267,3 +267,160 @@ def test_subscriber_may_leave_during_publish() -> None:
     assert remover.got() == [0]
     assert victim not in hub.subscribers()
     assert hub.subscribers() == [remover]
+
+
+# -- lanes (the fast path) -----------------------------------------------------------------
+
+
+class FakeLane(Lane):
+    """Members take every tick unless listed in ``refuse`` (then they leave without it)
+    or ``short`` (then they leave having taken it, the rest queued)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.subs: list[FakeSub] = []
+        self.got: dict[FakeSub, list[int]] = {}
+        self.refuse: set[FakeSub] = set()
+        self.short: set[FakeSub] = set()
+        self.publishes = 0
+
+    def __len__(self) -> int:
+        return len(self.subs)
+
+    def members(self) -> list[FakeSub]:
+        return list(self.subs)
+
+    def add(self, sub: Subscriber) -> None:
+        assert isinstance(sub, FakeSub)
+        self.subs.append(sub)
+
+    def remove(self, sub: Subscriber, next_t: int) -> None:
+        assert isinstance(sub, FakeSub)
+        self.subs.remove(sub)
+        sub.next_t = next_t
+
+    def publish(self, tick: EncodedTick) -> None:
+        self.publishes += 1
+        leaving = []
+        for sub in self.subs:
+            if sub in self.refuse:
+                leaving.append((sub, tick.t))
+                continue
+            self.got.setdefault(sub, []).append(tick.t)
+            if sub in self.short:
+                leaving.append((sub, tick.t + 1))
+        for sub, next_t in leaving:
+            self.hub.leave(sub, next_t=next_t)
+
+
+def all_got(sub: FakeSub, lane: FakeLane) -> list[int]:
+    return sorted(sub.got() + lane.got.get(sub, []))
+
+
+def test_join_only_at_the_lane_edge() -> None:
+    hub = Hub(lag_limit=10)
+    publish(hub, 0, 3)  # t 0..2 published: a new lane's edge is 2
+    lane = hub.lane("k", lambda: FakeLane(hub))
+    assert lane.t == 2
+    assert hub.lane("k", lambda: FakeLane(hub)) is lane
+    behind, future, edge = FakeSub(next_t=2), FakeSub(next_t=5), FakeSub(next_t=3)
+    stranger = FakeSub(next_t=3)  # never added to the hub
+    resting = FakeSub(next_t=3)
+    resting.live = False
+    for sub in (behind, future, edge, resting):
+        hub.add(sub)
+    assert not hub.join(behind, lane)
+    assert not hub.join(future, lane)
+    assert not hub.join(stranger, lane)
+    assert not hub.join(resting, lane)
+    assert hub.join(edge, lane)
+    assert edge.lane is lane
+    assert not hub.join(edge, lane)  # already in
+    assert len(hub) == 4  # the four added; edge, now in the lane, counted once
+    assert set(hub.subscribers()) == {behind, future, edge, resting}
+    assert hub.statistics().subscribers == 4
+
+
+def test_lane_members_get_every_tick_once_and_positions_are_written_back() -> None:
+    hub = Hub(lag_limit=10)
+    lane = hub.lane("k", lambda: FakeLane(hub))
+    a, b = FakeSub(), FakeSub(ip="2.2.2.2")
+    hub.add(a)
+    hub.add(b)
+    assert hub.join(a, lane)
+    publish(hub, 0, 4)
+    assert lane.got[a] == [0, 1, 2, 3]
+    assert a.buffer == []  # never visited one by one
+    assert a.next_t == 0  # not written per tick ...
+    assert lane.t == 3
+    hub.leave(a)  # ... but when it leaves
+    assert (a.lane, a.next_t) == (None, 4)
+    publish(hub, 4, 2)
+    assert all_got(a, lane) == list(range(6))
+    assert b.got() == list(range(6))
+    hub.leave(a)  # not in a lane: no-op
+    assert a.next_t == 6
+
+
+def test_a_member_leaving_mid_tick_is_neither_skipped_nor_served_twice() -> None:
+    hub = Hub(lag_limit=10)
+    lane = hub.lane("k", lambda: FakeLane(hub))
+    took, refused = FakeSub(), FakeSub(ip="2.2.2.2")
+    for sub in (took, refused):
+        hub.add(sub)
+        assert hub.join(sub, lane)
+    publish(hub, 0, 2)
+    lane.short.add(took)  # takes t=2, then leaves with the rest queued
+    lane.refuse.add(refused)  # does not take t=2: the one-by-one path gives it
+    publish(hub, 2, 1)
+    assert took.lane is None and took.next_t == 3
+    assert refused.lane is None and refused.next_t == 3
+    assert took.buffer == []
+    assert refused.got() == [2]
+    publish(hub, 3, 2)
+    assert all_got(took, lane) == all_got(refused, lane) == list(range(5))
+    assert hub.statistics().fell_behind == 0
+
+
+def test_discard_takes_a_member_out_of_its_lane() -> None:
+    hub = Hub(lag_limit=10)
+    lane = hub.lane("k", lambda: FakeLane(hub))
+    sub = FakeSub()
+    hub.add(sub)
+    assert hub.join(sub, lane)
+    publish(hub, 0, 3)
+    hub.discard(sub)
+    assert (sub.lane, sub.next_t) == (None, 3)
+    assert len(lane) == 0 and len(hub) == 0
+    publish(hub, 3, 2)
+    assert lane.got[sub] == [0, 1, 2]
+    assert sub.buffer == []
+    assert lane.publishes == 3  # an empty lane is not asked
+
+
+def test_a_gap_or_rewind_sends_members_back_one_by_one() -> None:
+    hub = Hub(lag_limit=100)
+    lane = hub.lane("k", lambda: FakeLane(hub))
+    sub = FakeSub()
+    hub.add(sub)
+    assert hub.join(sub, lane)
+    publish(hub, 0, 3)
+    hub.publish(tick(1))  # a rewind: the lane does not deliver it, next_t skips it
+    assert (sub.lane, sub.next_t) == (None, 3)
+    assert lane.got[sub] == [0, 1, 2]
+    assert sub.buffer == []
+    assert lane.t == 1
+    publish(hub, 3, 1)  # one by one, as any subscriber
+    assert sub.got() == [3]
+
+
+def test_lane_members_are_never_evicted() -> None:
+    hub = Hub(lag_limit=1)
+    lane = hub.lane("k", lambda: FakeLane(hub))
+    sub = FakeSub()
+    hub.add(sub)
+    assert hub.join(sub, lane)
+    publish(hub, 0, 20)
+    assert sub.evict_calls == 0
+    assert lane.got[sub] == list(range(20))
+    assert hub.statistics().slow_closes == 0

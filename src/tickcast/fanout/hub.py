@@ -15,6 +15,17 @@ Invariants (the slow-consumer policy, see docs/protocol.md):
   being far back, only for falling further behind.
 * Ticks older than a subscriber's ``next_t`` are skipped, so a client that asked
   for a future ``from_t`` starts exactly there.
+* **Lanes** are the fast path. A live subscriber whose transport can take a tick the
+  same way as others (the raw transport: one cached frame, one ``send``) may
+  :meth:`Hub.join` that :class:`Lane`. The hub then hands each tick to the lane once
+  (:meth:`Lane.publish`), which gives it to every member in one loop; members are not
+  visited one by one, and their ``next_t`` is not written per tick: every member has
+  been given exactly the ticks up to ``lane.t``. A member that cannot take a tick
+  whole leaves (:meth:`Hub.leave`) with its exact position written back, and is a
+  plain subscriber again (delivered to one by one, subject to the policy above)
+  until it rejoins. A subscriber joins only when its ``next_t`` is ``lane.t + 1``, so
+  joining and leaving never lose or repeat a tick. Lane members are live by
+  definition, so the slow-consumer policy never needs to look at them.
 
 Nothing here awaits, so one slow client cannot delay the source, the writer or
 any other client, and the hub's memory is the subscriber set.
@@ -22,11 +33,13 @@ any other client, and the hub's memory is the subscriber set.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tickcast.tick import EncodedTick
 
-__all__ = ["Hub", "HubStatistics", "Subscriber"]
+__all__ = ["Hub", "HubStatistics", "Lane", "Subscriber"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +56,17 @@ class Subscriber:
     """One connection's place in the fan-out. Transports subclass it.
 
     Attributes:
-        next_t: the next ``t`` this client has not yet been given.
+        next_t: the next ``t`` this client has not yet been given (while in a lane,
+            ``lane.t + 1``; written back when it leaves).
         live: True while the hub delivers ticks to it directly.
         allowance: extra lag tolerated while replaying (see the module invariants).
+        lane: the lane it is a member of, if any (only the hub sets it).
     """
 
     next_t: int = 0
     live: bool = False
     allowance: int = 0
+    lane: Lane | None = None
 
     def deliver(self, tick: EncodedTick) -> bool:
         """Take ``tick`` (``tick.t == next_t``) without blocking; False when full."""
@@ -68,27 +84,113 @@ class Subscriber:
         raise NotImplementedError
 
 
+class Lane:
+    """Live subscribers that take each tick the same way, served in one loop.
+
+    A transport subclasses it (its fast path); the hub keeps one per key and calls
+    :meth:`publish` once per tick. The hub moves subscribers in (:meth:`Hub.join`) and
+    out (:meth:`Hub.leave`, :meth:`Hub.discard`) through :meth:`add` and :meth:`remove`.
+
+    Attributes:
+        t: the last tick every member has been given (the hub advances it after each
+            :meth:`publish`); a member's ``next_t`` is ``t + 1``.
+    """
+
+    t: int = -1
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def members(self) -> Iterable[Subscriber]:
+        raise NotImplementedError
+
+    def add(self, sub: Subscriber) -> None:
+        """Take ``sub`` in (its ``next_t`` is ``t + 1``)."""
+        raise NotImplementedError
+
+    def remove(self, sub: Subscriber, next_t: int) -> None:
+        """Let ``sub`` go; write back its position: ``sub.next_t = next_t``."""
+        raise NotImplementedError
+
+    def publish(self, tick: EncodedTick) -> None:
+        """Give ``tick`` (``t + 1``) to every member, without blocking.
+
+        A member that cannot take it whole must leave through :meth:`Hub.leave`
+        (after the loop over members, not during it), with ``next_t=tick.t + 1`` if
+        it took the tick (some bytes queued) or ``tick.t`` if not.
+        """
+        raise NotImplementedError
+
+
+L = TypeVar("L", bound=Lane)
+
+
 class Hub:
     """The set of subscribers, and the fan-out of each published tick."""
 
     def __init__(self, *, lag_limit: int) -> None:
         self.lag_limit = lag_limit
-        self._subs: set[Subscriber] = set()
+        self._subs: set[Subscriber] = set()  # every subscriber not in a lane
+        self._lanes: dict[Hashable, Lane] = {}  # a handful: one per way of taking a tick
+        self._last_t = -1  # t of the tick being or last published
         self._published = 0
         self._fell_behind = 0
         self._slow_closes = 0
 
     def __len__(self) -> int:
-        return len(self._subs)
+        return len(self._subs) + sum(len(lane) for lane in self._lanes.values())
 
     def add(self, sub: Subscriber) -> None:
         self._subs.add(sub)
 
     def discard(self, sub: Subscriber) -> None:
+        if sub.lane is not None:
+            self.leave(sub)
         self._subs.discard(sub)
 
     def subscribers(self) -> list[Subscriber]:
-        return list(self._subs)
+        subs = list(self._subs)
+        for lane in self._lanes.values():
+            subs += lane.members()
+        return subs
+
+    # -- lanes ----------------------------------------------------------------------
+
+    def lane(self, key: Hashable, make: Callable[[], L]) -> L:
+        """The lane for ``key``, made with ``make()`` the first time (lanes are kept)."""
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = make()
+            lane.t = self._last_t
+        return lane  # type: ignore[return-value]  # one key, one maker
+
+    def join(self, sub: Subscriber, lane: Lane) -> bool:
+        """Move ``sub`` into ``lane`` if it is a live subscriber at the lane's edge.
+
+        Returns False (nothing changes) unless ``sub`` is in the hub, live, in no lane,
+        and has been given exactly the ticks up to ``lane.t`` (``next_t == lane.t + 1``).
+        """
+        if not sub.live or sub.lane is not None or sub.next_t != lane.t + 1:
+            return False
+        if sub not in self._subs:  # left the hub (a subscriber may still be asked mid-loop)
+            return False
+        self._subs.remove(sub)
+        lane.add(sub)
+        sub.lane = lane
+        return True
+
+    def leave(self, sub: Subscriber, *, next_t: int | None = None) -> None:
+        """Take ``sub`` out of its lane; it is delivered to one by one from now on.
+
+        Its ``next_t`` is written back: ``lane.t + 1``, or ``next_t`` when a lane lets
+        a member go in the middle of a tick. No-op if it is in no lane.
+        """
+        lane = sub.lane
+        if lane is None:
+            return
+        sub.lane = None
+        lane.remove(sub, lane.t + 1 if next_t is None else next_t)
+        self._subs.add(sub)
 
     def count_slow_close(self) -> None:
         """Count a 4008 decided outside :meth:`publish` (a session's own catch-up)."""
@@ -96,7 +198,7 @@ class Hub:
 
     def statistics(self) -> HubStatistics:
         return HubStatistics(
-            subscribers=len(self._subs),
+            subscribers=len(self),
             published=self._published,
             fell_behind=self._fell_behind,
             slow_closes=self._slow_closes,
@@ -104,21 +206,35 @@ class Hub:
 
     def evict_all(self) -> None:
         """4008 to every subscriber: ticks they need are lost (a scale-out gap)."""
-        for sub in tuple(self._subs):
+        for sub in self.subscribers():  # lane members too
             self._slow_closes += 1
             self.discard(sub)
             sub.evict()
 
     def reset_all(self) -> None:
         """4009 to every subscriber: the history behind them was reset (a new epoch)."""
-        for sub in tuple(self._subs):
+        for sub in self.subscribers():  # lane members too
             self.discard(sub)
             sub.reset()
 
     def publish(self, tick: EncodedTick) -> None:
-        """Fan ``tick`` out. Never blocks; see the module invariants."""
+        """Fan ``tick`` out. Never blocks; see the module invariants.
+
+        Lanes first, then the other subscribers one by one (members a lane lets go
+        during this tick are among them, with ``next_t`` past it).
+        """
         self._published += 1
         t = tick.t
+        self._last_t = t
+        for lane in self._lanes.values():
+            if lane.t != t - 1:  # a gap or a rewind (not in normal operation): one by one
+                for sub in list(lane.members()):
+                    self.leave(sub)
+            elif len(lane):
+                lane.publish(tick)
+            lane.t = t
+        if not self._subs:
+            return
         limit = self.lag_limit
         for sub in tuple(self._subs):
             if sub.live:

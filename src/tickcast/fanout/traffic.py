@@ -36,5 +36,10 @@ class Traffic:
         self._messages += 1
         self._bytes += nbytes
 
+    def sent_many(self, messages: int, nbytes: int) -> None:
+        """Count ``messages`` messages of ``nbytes`` payload bytes in all (one tick, N clients)."""
+        self._messages += messages
+        self._bytes += nbytes
+
     def statistics(self) -> TrafficStatistics:
         return TrafficStatistics(self._accepted, self._messages, self._bytes)

@@ -10,6 +10,13 @@ Invariants:
   kernel does not take waits in the outbox, flushed by the session task. When the
   outbox holds more than ``LIVE_BACKLOG`` bytes, :meth:`deliver` refuses the tick and
   the session catches up from history instead (the bounded backpressure point).
+* The fast path is a :class:`RawLane` (one per field set and window): a live session
+  whose outbox is empty is a member, and a tick costs it one ``send`` of the lane's
+  frame and nothing else (no per-session attribute is read or written; ``next_t``
+  and ``sent_t`` are the lane's edge, written back when it leaves). A session is a
+  member only while its outbox is empty: the moment anything is queued (the rest of a
+  short send, a heartbeat or a reply that did not go at once) it leaves, so every
+  write still goes through the outbox in order; it rejoins once the outbox is empty.
 * Every exit releases the connection slot first, then closes: a close frame with its
   code, a bounded flush (``config.close_grace_s``), and an abortive close (RST) if the client
   will not take the bytes — so a stalled client's socket never lingers.
@@ -22,14 +29,16 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 from wsproto import WSConnection
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
+from tickcast.fanout.hub import Hub, Lane, Subscriber
+from tickcast.fanout.traffic import Traffic
 from tickcast.service import Service
-from tickcast.tick import EncodedTick, batch_message
+from tickcast.tick import EncodedTick, Fields, batch_message
 from tickcast.transports.frames import close_frame, message_frame, tick_frame
 from tickcast.transports.params import StreamParams
 from tickcast.transports.session import (
@@ -41,7 +50,7 @@ from tickcast.transports.session import (
     too_big,
 )
 
-__all__ = ["RawSession"]
+__all__ = ["RawLane", "RawSession"]
 
 log = logging.getLogger("tickcast.ws")
 
@@ -53,6 +62,68 @@ RECV_BYTES = 65536
 
 class ClientClosed(PeerGone):
     """The client sent a close frame (our reply is queued)."""
+
+
+class RawLane(Lane):
+    """Live raw sessions with an empty outbox on one field set and window.
+
+    :meth:`publish` is the floor's loop: the tick's cached frame, then one ``send``
+    per member through its socket's bound method; messages and bytes are counted
+    once for the lot. A member the kernel does not take the whole frame from leaves
+    after the loop, the rest of the frame in its outbox (or its socket broken).
+    """
+
+    def __init__(self, hub: Hub, traffic: Traffic, fields: Fields, wbits: int) -> None:
+        self.hub = hub
+        self.traffic = traffic
+        self.fields = fields
+        self.wbits = wbits
+        # bound socket.send -> its session, in joining order (a dict: O(1) removal)
+        self._members: dict[Callable[[bytes], int], RawSession] = {}
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def members(self) -> Iterable[Subscriber]:
+        return self._members.values()
+
+    def add(self, sub: Subscriber) -> None:
+        assert isinstance(sub, RawSession)
+        self._members[sub.sock.send] = sub
+
+    def remove(self, sub: Subscriber, next_t: int) -> None:
+        assert isinstance(sub, RawSession)
+        del self._members[sub.sock.send]
+        sub.next_t = next_t
+        sub.sent_t = next_t - 1
+
+    def publish(self, tick: EncodedTick) -> None:
+        frame = tick_frame(tick, self.fields, self.wbits)
+        n = len(frame)
+        members = self._members
+        short: list[tuple[Callable[[bytes], int], int | OSError]] = []
+        for send in members:
+            try:
+                sent = send(frame)
+            except OSError as exc:  # BlockingIOError: nothing taken; else the socket broke
+                short.append((send, exc))
+                continue
+            if sent != n:
+                short.append((send, sent))
+        taken = len(members)
+        t = tick.t
+        for send, result in short:
+            session = members[send]
+            if isinstance(result, BlockingIOError):
+                result = 0
+            if isinstance(result, OSError):
+                taken -= 1
+                self.hub.leave(session, next_t=t)
+                session._break(result)
+            else:
+                self.hub.leave(session, next_t=t + 1)
+                session._queue(frame, result)
+        self.traffic.sent_many(taken, taken * len(tick.view(self.fields)))
 
 
 class RawSession(StreamSession):
@@ -91,30 +162,44 @@ class RawSession(StreamSession):
         """Queue ``data`` after what is pending, sending at once if nothing is."""
         if self._broken is not None:
             return
-        if not self._out:
-            try:
-                n = self.sock.send(data)
-            except BlockingIOError:
-                n = 0
-            except OSError as exc:
-                self._break(exc)
-                return
-            if n == len(data):
-                return
-            view = memoryview(data)[n:]
-        else:
-            view = memoryview(data)
+        if self._out:
+            self._queue(data, 0)
+            return
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self._break(exc)
+            return
+        if n != len(data):
+            self._queue(data, n)
+
+    def _queue(self, data: bytes, offset: int) -> None:
+        """Put ``data[offset:]`` in the outbox (it leaves the lane: the outbox is not empty)."""
+        if self.lane is not None:
+            self.service.hub.leave(self)
+        view = memoryview(data)[offset:] if offset else memoryview(data)
         self._out.append(view)
         self._out_bytes += len(view)
         self._wake.set()
 
     def _break(self, exc: BaseException) -> None:
+        if self.lane is not None:
+            self.service.hub.leave(self)
         self._broken = exc
         self._out.clear()
         self._out_bytes = 0
         self.live = False
         self._wake.set()
         self._room.set()
+
+    def _join_lane(self) -> None:
+        """Become a member of the lane for this session's frames, if at the live edge."""
+        hub = self.service.hub
+        fields, wbits, traffic = self.params.fields, self.wbits, self._traffic
+        lane = hub.lane(("raw", fields, wbits), lambda: RawLane(hub, traffic, fields, wbits))
+        hub.join(self, lane)
 
     def _send_pending(self) -> None:
         out = self._out
@@ -186,6 +271,7 @@ class RawSession(StreamSession):
     # -- the hub's side ---------------------------------------------------------------
 
     def deliver(self, tick: EncodedTick) -> bool:
+        """The one-by-one path (the outbox is not empty, or not yet in the lane)."""
         if self._out_bytes > self._live_backlog or self._broken is not None:
             return False
         fields = self.params.fields
@@ -193,6 +279,8 @@ class RawSession(StreamSession):
         self.next_t = tick.t + 1
         self.sent_t = tick.t
         self._traffic.sent(len(tick.view(fields)))
+        if not self._out and self._broken is None:
+            self._join_lane()
         return True
 
     def fell_behind(self) -> None:
@@ -207,6 +295,8 @@ class RawSession(StreamSession):
                 raise PeerGone(str(self._broken))
             if not self.live:
                 return
+            if self.lane is None:
+                self._join_lane()
             with trio.move_on_at(self._next_heartbeat):
                 await self._wake.wait()
             self._wake = trio.Event()
