@@ -46,7 +46,10 @@ __all__ = ["LocalHistory"]
 
 logger = logging.getLogger("tickcast.history")
 
-INLINE_WRITE_LIMIT_S = 0.002  # an inline write slower than this moves writes to a thread
+# An inline write slower than this moves writes to a thread. A page-cache write takes
+# microseconds; preemption on a busy machine costs a few ms (2 ms tripped it there);
+# dirty-page throttling or a stalled disk costs tens to hundreds.
+INLINE_WRITE_LIMIT_S = 0.05
 THREADED_FOR_S = 10.0  # ... for this long
 WRITE_QUEUE = 1024  # ticks the writer may lag behind the source before the source waits
 READ_THREADS = 4  # concurrent history reads off the event loop
@@ -204,8 +207,8 @@ class LocalHistory:
                     await trio.to_thread.run_sync(self._idle_upkeep)
                     continue
                 await self._write([first, *self._drain()])
-                if self._fsync == "interval":
-                    await trio.to_thread.run_sync(self.store.sync_if_due)
+                if self.store.sync_due():  # fsync=interval: a second since the last sync
+                    await trio.to_thread.run_sync(self.store.sync)
         except StoreError as exc:
             self._fail(str(exc))
         except OSError as exc:

@@ -121,9 +121,9 @@ class SegmentStore:
             segment_bytes: roll to a new segment when the data file would exceed this.
             retain_bytes: if > 0, delete oldest segments while data + index bytes exceed it.
             retain_s: if > 0, delete segments last written more than this many seconds ago.
-            fsync: ``"always"`` (before each append returns), ``"interval"`` (when the
-                writer calls :meth:`sync_if_due` ``fsync_interval_s`` after the last
-                sync) or ``"never"`` (``close()`` still syncs).
+            fsync: ``"always"`` (before each append returns), ``"interval"`` (the writer
+                calls :meth:`sync` when :meth:`sync_due` says ``fsync_interval_s``
+                has passed) or ``"never"`` (``close()`` still syncs).
             fsync_interval_s: the period for ``fsync="interval"``.
 
         Raises:
@@ -276,18 +276,16 @@ class SegmentStore:
             self._writer.sync()
             self._last_sync = time.monotonic()
 
-    def sync_if_due(self) -> bool:
-        """With ``fsync="interval"``, :meth:`sync` if ``fsync_interval_s`` has passed.
+    def sync_due(self) -> bool:
+        """With ``fsync="interval"``: ``fsync_interval_s`` has passed since the last sync.
 
-        :meth:`append` never syncs for ``"interval"``: the writer calls this after it
-        has published the ticks, so a fdatasync never delays them. True if it synced.
+        :meth:`append` never syncs for ``"interval"``: the writer asks this (no I/O)
+        after it has published the ticks, then calls :meth:`sync` in a worker thread.
         """
-        if self._opts.fsync != "interval":
-            return False
-        if time.monotonic() - self._last_sync < self._opts.fsync_interval_s:
-            return False
-        self.sync()
-        return True
+        return (
+            self._opts.fsync == "interval"
+            and time.monotonic() - self._last_sync >= self._opts.fsync_interval_s
+        )
 
     def _roll(self) -> None:
         """Seal the open segment and start a new one at ``next_t``."""
