@@ -1,4 +1,10 @@
-"""Shared fixtures: a real tickcast on an ephemeral port, real clients."""
+"""Shared fixtures: a real tickcast on an ephemeral port, real clients.
+
+``running(config, transport)`` serves in-process under either WebSocket transport:
+``"raw"`` is ``tickcast serve`` (its raw-socket ``/ws/stream``), ``"asgi"`` is the
+Quart route under Hypercorn (``asgi_server.py``). The ``transport`` fixture runs a
+test under both, so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -21,6 +27,7 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from asgi_server import serve_asgi
 from tickcast.config import Config
 from tickcast.producer import Producer
 from tickcast.server import serve
@@ -28,6 +35,9 @@ from tickcast.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+Transport = Literal["raw", "asgi"]
+TRANSPORTS: list[Transport] = ["raw", "asgi"]
 
 
 class _Addresses:
@@ -75,13 +85,14 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 
 
 @asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Running]:
-    """Serve ``config`` until the block ends, then stop it cleanly."""
+async def running(config: Config, transport: Transport = "raw") -> AsyncIterator[Running]:
+    """Serve ``config`` under ``transport`` until the block ends, then stop it cleanly."""
     stop = trio.Event()
     producer = await Producer.open(config)
+    server = serve if transport == "raw" else serve_asgi
     async with trio.open_nursery() as nursery:
         port = await nursery.start(
-            partial(serve, config, producer=producer, shutdown_trigger=stop.wait)
+            partial(server, config, producer=producer, shutdown_trigger=stop.wait)
         )
         try:
             yield Running(port, producer.service, config, producer)
@@ -96,8 +107,25 @@ async def server(tmp_path: Path) -> AsyncIterator[Running]:
         yield srv
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Each WebSocket transport in turn (a test taking it runs once per transport)."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def stream_server(tmp_path: Path, transport: Transport) -> AsyncIterator[Running]:
+    """``server`` under each transport."""
+    async with running(make_config(tmp_path), transport) as srv:
+        await srv.wait_for_t(0)
+        yield srv
+
+
 async def recv_json(ws: WebSocketConnection) -> dict[str, Any]:
-    msg = orjson.loads(await ws.get_message())
+    """The next message, parsed (30 s at most: a regression fails instead of hanging)."""
+    with trio.fail_after(30):
+        data = await ws.get_message()
+    msg = orjson.loads(data)
     assert isinstance(msg, dict)
     return msg
 

@@ -1,4 +1,9 @@
-"""The running service over real sockets: SPEC §2 (tick), §3 (stream basics), §4 (HTTP)."""
+"""The running service over real sockets: SPEC §2 (tick), §3 (stream basics), §4 (HTTP).
+
+Tests taking ``stream_server`` or ``transport`` run under both WebSocket transports
+(``tickcast serve``'s raw one and the Quart route under Hypercorn). The HTTP routes
+are the same Quart app on Hypercorn's connection handler under both: their tests run once.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,29 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from conftest import Running, collect_ticks, make_config, next_tick, recv_json, running
+from conftest import (
+    Running,
+    Transport,
+    collect_ticks,
+    make_config,
+    next_tick,
+    recv_json,
+    running,
+)
 from conftest import ws_connect as open_websocket_url
+from wsclient import RawClient, Rejected
 
 WAIT_S = 30  # a deadline for waits, so a regression fails instead of hanging
 
 KEY_ORDER = ["type", "t", "ts", "s", "agents", "actions", "matches"]
 
 
-async def test_hello_then_latest_then_consecutive_live_ticks(server: Running) -> None:
-    async with open_websocket_url(server.ws_url()) as ws:
+async def test_hello_then_latest_then_consecutive_live_ticks(stream_server: Running) -> None:
+    async with open_websocket_url(stream_server.ws_url()) as ws:
         hello = await recv_json(ws)
         assert hello["type"] == "hello"
         assert set(hello) >= {"epoch", "oldest_t", "latest_t", "heartbeat_s", "server"}
-        assert hello["epoch"] == server.service.history.epoch
+        assert hello["epoch"] == stream_server.service.history.epoch
         assert hello["oldest_t"] == 0
         assert hello["heartbeat_s"] == 30.0
         assert hello["server"].startswith("tickcast/")
@@ -33,8 +47,8 @@ async def test_hello_then_latest_then_consecutive_live_ticks(server: Running) ->
         assert [t["t"] for t in ticks] == list(range(first["t"] + 1, first["t"] + 21))
 
 
-async def test_tick_shape_and_identical_bytes_everywhere(server: Running) -> None:
-    async with open_websocket_url(server.ws_url()) as ws:
+async def test_tick_shape_and_identical_bytes_everywhere(stream_server: Running) -> None:
+    async with open_websocket_url(stream_server.ws_url()) as ws:
         await recv_json(ws)
         raw = await ws.get_message()
     tick = orjson.loads(raw)
@@ -42,13 +56,13 @@ async def test_tick_shape_and_identical_bytes_everywhere(server: Running) -> Non
     assert isinstance(tick["t"], int)
     assert isinstance(tick["ts"], float)
     assert set(tick["s"]) == {"price_norm", "volatility", "liquidity", "imbalance"}
-    assert 1024 <= len(raw.encode()) <= 5120 or server.config.agents != 40
+    assert 1024 <= len(raw.encode()) <= 5120 or stream_server.config.agents != 40
     # The same bytes are served by /incremental and stored in the segment file.
-    r = await server.get(f"/incremental?from_t={tick['t']}&limit=1")
+    r = await stream_server.get(f"/incremental?from_t={tick['t']}&limit=1")
     body = r.content
     assert raw.encode() in body
-    await trio.to_thread.run_sync(server.producer.log.store.sync)
-    lines = b"".join(p.read_bytes() for p in sorted(server.config.data_dir.glob("*.jsonl")))
+    await trio.to_thread.run_sync(stream_server.producer.log.store.sync)
+    lines = b"".join(p.read_bytes() for p in sorted(stream_server.config.data_dir.glob("*.jsonl")))
     assert raw.encode() + b"\n" in lines
 
 
@@ -125,19 +139,19 @@ async def test_unknown_route_and_method_are_json(server: Running) -> None:
     assert "error" in r.json()
 
 
-async def test_health(server: Running) -> None:
-    r = await server.get("/health")
+async def test_health(stream_server: Running) -> None:
+    r = await stream_server.get("/health")
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok"
-    assert body["epoch"] == server.service.history.epoch
+    assert body["epoch"] == stream_server.service.history.epoch
     assert body["oldest_t"] == 0
     assert body["latest_t"] >= 0
     assert body["clients"] == 0
     assert body["uptime_s"] >= 0
-    async with open_websocket_url(server.ws_url()) as ws:
+    async with open_websocket_url(stream_server.ws_url()) as ws:
         await recv_json(ws)
-        assert (await server.get("/health")).json()["clients"] == 1
+        assert (await stream_server.get("/health")).json()["clients"] == 1
 
 
 async def test_health_degraded_when_writer_fails(server: Running) -> None:
@@ -149,11 +163,11 @@ async def test_health_degraded_when_writer_fails(server: Running) -> None:
     assert "disk on fire" in body["reason"]
 
 
-async def test_metrics(server: Running) -> None:
-    async with open_websocket_url(server.ws_url()) as ws:
+async def test_metrics(stream_server: Running) -> None:
+    async with open_websocket_url(stream_server.ws_url()) as ws:
         await recv_json(ws)
         await collect_ticks(ws, 3)
-        text = (await server.get("/metrics")).text
+        text = (await stream_server.get("/metrics")).text
     for name in [
         "tickcast_connections ",
         "tickcast_ticks_produced_total",
@@ -168,6 +182,28 @@ async def test_metrics(server: Running) -> None:
         assert name in text, name
 
 
+async def test_connections_are_counted(stream_server: Running) -> None:
+    async def metric(name: str) -> float:
+        text = (await stream_server.get("/metrics")).text
+        (line,) = [line for line in text.splitlines() if line.startswith(f"{name} ")]
+        return float(line.split()[1])
+
+    assert await metric("tickcast_connections_total") == 0
+    async with open_websocket_url(stream_server.ws_url()) as a:
+        await recv_json(a)
+        async with open_websocket_url(stream_server.ws_url()) as b:
+            await recv_json(b)
+            assert await metric("tickcast_connections") == 2
+        await recv_json(a)
+    async with open_websocket_url(stream_server.ws_url()) as c:
+        await recv_json(c)
+        assert await metric("tickcast_connections_total") == 3
+    # A refused upgrade (400) is not a connection.
+    with pytest.raises(Rejected):
+        await RawClient.connect(stream_server.port, "/ws/stream?batch=0")
+    assert await metric("tickcast_connections_total") == 3
+
+
 async def test_openapi_docs_and_dashboard(server: Running) -> None:
     spec = (await server.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.")
@@ -180,41 +216,59 @@ async def test_openapi_docs_and_dashboard(server: Running) -> None:
     assert "/ws/stream" in page.text
 
 
-async def test_ping_pong_echoes_id(server: Running) -> None:
-    async with open_websocket_url(server.ws_url()) as ws:
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+async def test_ping_pong_echoes_id(stream_server: Running, binary: bool) -> None:
+    ping = orjson.dumps({"type": "ping", "id": "abc"})
+    async with open_websocket_url(stream_server.ws_url()) as ws:
         await recv_json(ws)
-        await ws.send_message(orjson.dumps({"type": "ping", "id": "abc"}).decode())
-        while (msg := await recv_json(ws))["type"] != "pong":
-            pass
+        await ws.send_message(ping if binary else ping.decode())
+        with trio.fail_after(5):
+            while (msg := await recv_json(ws))["type"] != "pong":
+                pass
         assert msg["id"] == "abc"
         assert isinstance(msg["ts"], float)
 
 
-async def test_protocol_level_ping_is_answered(server: Running) -> None:
-    async with open_websocket_url(server.ws_url()) as ws, trio.open_nursery() as nursery:
+async def test_protocol_level_ping_is_answered(stream_server: Running) -> None:
+    async with open_websocket_url(stream_server.ws_url()) as ws:
         await recv_json(ws)
 
         async def keep_reading() -> None:
-            # trio-websocket queues one message; unread ticks would stall its reader,
-            # and with it the pong behind them (on a slow machine, a hang).
+            # trio-websocket queues one message: unless the ticks are read, its reader
+            # stops before it sees a pong that arrives after two of them.
             while True:
                 await ws.get_message()
 
-        nursery.start_soon(keep_reading)
-        with trio.fail_after(WAIT_S):
-            await ws.ping(b"xyz")  # returns when the matching pong arrives
-        nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_reading)
+            with trio.fail_after(WAIT_S):
+                await ws.ping(b"xyz")  # returns when the matching pong arrives
+            nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("message", ["not json", "[1,2]", '{"type":"subscribe"}', '"str"'])
+@pytest.mark.parametrize(
+    "message",
+    ["not json", "[1,2]", '{"type":"subscribe"}', '"str"', "", b"", b"\xff", b"[1]"],
+    ids=[
+        "text",
+        "array",
+        "unknown-type",
+        "string",
+        "empty",
+        "empty-binary",
+        "binary",
+        "binary-array",
+    ],
+)
 async def test_bad_message_gets_error_and_connection_stays_open(
-    server: Running, message: str
+    stream_server: Running, message: str | bytes
 ) -> None:
-    async with open_websocket_url(server.ws_url()) as ws:
+    async with open_websocket_url(stream_server.ws_url()) as ws:
         await recv_json(ws)
         await ws.send_message(message)
-        while (msg := await recv_json(ws))["type"] != "error":
-            pass
+        with trio.fail_after(5):
+            while (msg := await recv_json(ws))["type"] != "error":
+                pass
         assert msg["code"] == "bad_message"
         assert msg["detail"]
         # Still open: the stream goes on and pings are answered.
@@ -223,18 +277,19 @@ async def test_bad_message_gets_error_and_connection_stays_open(
         assert after == before + 1
 
 
-async def test_message_over_64_kib_closes_with_1009(server: Running) -> None:
-    async with open_websocket_url(server.ws_url(), max_message_size=2**20) as ws:
+async def test_message_over_64_kib_closes_with_1009(stream_server: Running) -> None:
+    async with open_websocket_url(stream_server.ws_url(), max_message_size=2**20) as ws:
         await recv_json(ws)
         await ws.send_message("x" * (64 * 1024 + 1))
         with pytest.raises(ConnectionClosed) as info, trio.fail_after(5):
             while True:
                 await ws.get_message()
         assert info.value.reason.code == 1009
+        assert info.value.reason.reason == "message of 65537 bytes exceeds 65536 bytes"
 
 
-async def test_message_of_exactly_64_kib_is_answered(server: Running) -> None:
-    async with open_websocket_url(server.ws_url()) as ws:
+async def test_message_of_exactly_64_kib_is_answered(stream_server: Running) -> None:
+    async with open_websocket_url(stream_server.ws_url()) as ws:
         await recv_json(ws)
         await ws.send_message(" " * (64 * 1024 - 2) + "{}")
         while (msg := await recv_json(ws))["type"] != "error":
@@ -242,22 +297,28 @@ async def test_message_of_exactly_64_kib_is_answered(server: Running) -> None:
         assert msg["code"] == "bad_message"
 
 
-async def test_heartbeat(tmp_path: Path) -> None:
-    async with running(make_config(tmp_path, heartbeat_s=0.2, rate=1.0)) as srv:
+@pytest.mark.parametrize("rate", [1.0, 100.0], ids=["idle", "ticking"])
+async def test_heartbeat(tmp_path: Path, transport: Transport, rate: float) -> None:
+    # Whether or not ticks are flowing (SPEC §3).
+    async with running(make_config(tmp_path, heartbeat_s=0.2, rate=rate), transport) as srv:
         await srv.wait_for_t(0)
         async with open_websocket_url(srv.ws_url()) as ws:
             hello = await recv_json(ws)
             assert hello["heartbeat_s"] == 0.2
+            beats = []
             with trio.fail_after(5):
-                while (msg := await recv_json(ws))["type"] != "heartbeat":
-                    pass
-            assert msg["latest_t"] >= 0
-            assert isinstance(msg["ts"], float)
+                while len(beats) < 2:
+                    if (msg := await recv_json(ws))["type"] == "heartbeat":
+                        beats.append(msg)
+            for beat in beats:
+                assert list(beat) == ["type", "latest_t", "ts"]
+                assert beat["latest_t"] >= 0
+                assert isinstance(beat["ts"], float)
 
 
-async def test_empty_history_starts_with_first_tick(tmp_path: Path) -> None:
+async def test_empty_history_starts_with_first_tick(tmp_path: Path, transport: Transport) -> None:
     async with (
-        running(make_config(tmp_path, rate=5.0)) as srv,
+        running(make_config(tmp_path, rate=5.0), transport) as srv,
         open_websocket_url(srv.ws_url()) as ws,
     ):
         hello = await recv_json(ws)
@@ -268,15 +329,15 @@ async def test_empty_history_starts_with_first_tick(tmp_path: Path) -> None:
             assert first["t"] == hello["latest_t"]
 
 
-async def test_many_clients_see_the_same_ticks(server: Running) -> None:
+async def test_many_clients_see_the_same_ticks(stream_server: Running) -> None:
     results: dict[int, list[int]] = {}
 
     async def client(i: int) -> None:
-        async with open_websocket_url(server.ws_url(f"?from_t={start}")) as ws:
+        async with open_websocket_url(stream_server.ws_url(f"?from_t={start}")) as ws:
             await recv_json(ws)
             results[i] = [t["t"] for t in await collect_ticks(ws, 50)]
 
-    start = (server.service.history.latest_t or 0) + 1
+    start = (stream_server.service.history.latest_t or 0) + 1
     async with trio.open_nursery() as nursery:
         for i in range(20):
             nursery.start_soon(client, i)

@@ -21,6 +21,8 @@ from wsproto.events import (
 )
 from wsproto.extensions import Extension, PerMessageDeflate
 
+WAIT_S = 30  # at most, for one read: a regression fails instead of hanging
+
 
 class Rejected(Exception):
     def __init__(self, status: int, body: bytes) -> None:
@@ -68,7 +70,8 @@ class RawClient:
         await sock.send(ws.send(request))
         status, body = 0, b""
         while client.accept is None:
-            data = await sock.recv(65536)
+            with trio.fail_after(WAIT_S):
+                data = await sock.recv(65536)
             if not data:
                 raise Rejected(status, body)
             client.wire_bytes += len(data)
@@ -112,7 +115,8 @@ class RawClient:
                     return None
             if self.close is not None:
                 return None
-            data = await self.sock.recv(1 << 20)
+            with trio.fail_after(WAIT_S):
+                data = await self.sock.recv(1 << 20)
             if not data:
                 return None
             self.wire_bytes += len(data)

@@ -79,7 +79,9 @@ class AsgiSession(StreamSession):
 
     async def read_messages(self) -> None:
         while True:
-            data = await websocket.receive()
+            data: str | bytes | None = await websocket.receive()
+            if data is None:  # Quart passes an empty binary message on as None
+                data = b""
             size = len(data.encode()) if isinstance(data, str) else len(data)
             if size > MAX_CLIENT_MESSAGE:
                 raise too_big(size)

@@ -341,14 +341,17 @@ class StreamSession(Subscriber):
         else:
             oldest = history.oldest_t
             self.next_t = from_t if oldest is None else max(from_t, oldest)
-        await self.send_message(hello)
-        if first is not None:
-            await self.send_ticks([first])
-        self.sent_t = self.next_t - 1
+        # Join the hub before the first await: a send may block from the first byte (the
+        # ASGI transport awaits TCP), and a client that never reads even its hello must
+        # still fall under the lag policy (4008, its slot freed), not hold it forever.
+        self.sent_t = (self.next_t if first is None else first.t) - 1
         latest = history.latest_t
         self.allowance = 0 if latest is None else max(0, latest - self.next_t + 1)
         hub.add(self)
         try:
+            await self.send_message(hello)
+            if first is not None:
+                await self.send_ticks([first])
             while True:
                 await self.catch_up()
                 await self.live_phase()
