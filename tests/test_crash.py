@@ -10,6 +10,7 @@ and ``t`` continues after the last tick on disk, so no ``t`` a client saw is reu
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from trio_websocket import ConnectionClosed
 from conftest import tickcast_process
 from conftest import ws_connect as open_websocket_url
 
-KILLS = 20
+# Kills per fsync policy. 10 keep the suite short (the pre-fix code failed at the 2nd);
+# CRASH_TEST_KILLS=20 is the acceptance run (docs/storage.md).
+KILLS = int(os.environ.get("CRASH_TEST_KILLS", "10"))
 WAIT_S = 30
 
 
