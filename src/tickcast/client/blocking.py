@@ -12,10 +12,10 @@ closes the connection and re-raises; so does closing the iterator early.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Iterator
-from concurrent.futures import Future
-from typing import TypeVar
+from typing import Generic, TypeVar
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+import anyio
+from anyio.from_thread import start_blocking_portal
 
 __all__ = ["iterate_blocking"]
 
@@ -31,41 +31,49 @@ def iterate_blocking(open_batches: Callable[[], AsyncGenerator[list[T], None]]) 
     event loop from the start.
     """
     with start_blocking_portal(BACKEND) as portal:
-        batches = portal.call(_make, open_batches)
-        pending: Future[list[T] | None] | None = None
+        reader = portal.call(_Reader.open, open_batches)
         try:
             while True:
-                pending = portal.start_task_soon(_next, batches)
-                batch = pending.result()  # KeyboardInterrupt lands here, if anywhere
-                pending = None
+                # KeyboardInterrupt lands in one of these two calls, if anywhere; a read
+                # may then be in flight even though we never got its future.
+                pending = portal.start_task_soon(reader.next)
+                batch = pending.result()
                 if batch is None:
                     return
                 yield from batch
         finally:
-            _close(portal, batches, pending)
+            portal.call(reader.close)
 
 
-async def _make(
-    open_batches: Callable[[], AsyncGenerator[list[T], None]],
-) -> AsyncGenerator[list[T], None]:
-    return open_batches()
+class _Reader(Generic[T]):
+    """The generator, and the one read that may be in flight on it."""
 
+    def __init__(self, batches: AsyncGenerator[list[T], None]) -> None:
+        self._batches = batches
+        self._reading: anyio.CancelScope | None = None
+        self._idle = anyio.Event()
+        self._idle.set()
 
-async def _next(batches: AsyncGenerator[list[T], None]) -> list[T] | None:
-    try:
-        return await anext(batches)
-    except StopAsyncIteration:
-        return None
+    @classmethod
+    async def open(cls, open_batches: Callable[[], AsyncGenerator[list[T], None]]) -> _Reader[T]:
+        return cls(open_batches())
 
+    async def next(self) -> list[T] | None:
+        self._idle = anyio.Event()
+        try:
+            with anyio.CancelScope() as self._reading:
+                return await anext(self._batches)
+        except StopAsyncIteration:
+            return None
+        finally:
+            self._reading = None
+            self._idle.set()
+        return None  # cancelled by close()
 
-def _close(
-    portal: BlockingPortal,
-    batches: AsyncGenerator[list[T], None],
-    pending: Future[list[T] | None] | None,
-) -> None:
-    """Finish the generator: cancel a read in flight, or close it where it waits."""
-    if pending is not None and pending.cancel():
-        # The read was interrupted (Ctrl-C): cancelling it ends the generator, and the
-        # portal waits for that (its connection closed) before the thread goes.
-        return
-    portal.call(batches.aclose)
+    async def close(self) -> None:
+        """Cancel a read in flight and wait for it to unwind, then close the generator
+        (an async generator cannot be closed while a read is running in it)."""
+        if self._reading is not None:
+            self._reading.cancel()
+        await self._idle.wait()
+        await self._batches.aclose()
