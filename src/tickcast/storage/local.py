@@ -39,7 +39,7 @@ from tickcast.errors import StoreError
 from tickcast.storage.history import HistoryStatistics, read_through
 from tickcast.storage.ring import Ring
 from tickcast.storage.store import SegmentStore
-from tickcast.storage.timeindex import TimeIndex, lower_bound
+from tickcast.storage.timeindex import TimeIndex, ring_lower_bound
 from tickcast.tick import EncodedTick
 
 __all__ = ["LocalHistory"]
@@ -325,15 +325,9 @@ class LocalHistory:
             return self.next_published_t
         ring_oldest = self.ring.oldest_t
         lo = end + 1 if ring_oldest is None else max(ring_oldest, oldest)
-        ring = self.ring
-
-        def ring_ts(t: int) -> float:
-            tick = ring.get(t)
-            assert tick is not None  # lo .. end stay in the ring: no await before the search
-            return tick.ts
-
-        if lo <= end and ring_ts(lo) < ts:
-            return lower_bound(lo + 1, end + 1, ts, ring_ts)
+        found = ring_lower_bound(self.ring, lo, end, ts)
+        if found is not None:
+            return found
         if lo == oldest:
             return lo
         # ts(lo) >= ts (or lo is past the end): the answer is at most lo, in the files.

@@ -22,7 +22,7 @@ import trio
 from tickcast.errors import StoreError
 from tickcast.storage.history import HistoryStatistics, read_through
 from tickcast.storage.ring import Ring
-from tickcast.storage.timeindex import lower_bound
+from tickcast.storage.timeindex import ring_lower_bound
 from tickcast.tick import EncodedTick
 
 __all__ = ["Backfill", "MirrorHistory"]
@@ -140,15 +140,9 @@ class MirrorHistory:
         end, lo = self._published_t, self.ring.oldest_t
         if end is None or lo is None:
             return self._next_t
-        ring = self.ring
-
-        def ring_ts(t: int) -> float:
-            tick = ring.get(t)
-            assert tick is not None  # lo .. end stay in the ring: no await before the search
-            return tick.ts
-
-        if ring_ts(lo) < ts:
-            return lower_bound(lo + 1, end + 1, ts, ring_ts)
+        found = ring_lower_bound(self.ring, lo, end, ts)
+        if found is not None:
+            return found
         if self.backfill is not None:
             found = await self.backfill.find_ts(ts)
             if found is not None and found <= lo:

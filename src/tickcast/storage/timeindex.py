@@ -37,11 +37,12 @@ import os
 from collections.abc import Callable, Sequence
 
 from tickcast.errors import CorruptRecordError, StoreError
+from tickcast.storage.ring import Ring
 from tickcast.storage.segment import ENTRY, ENTRY_SIZE, HEADER_SIZE, Segment
 from tickcast.storage.store import SegmentStore
 from tickcast.tick import EncodedTick, read_head
 
-__all__ = ["HEAD_BYTES", "TimeIndex", "lower_bound"]
+__all__ = ["HEAD_BYTES", "TimeIndex", "lower_bound", "ring_lower_bound"]
 
 # '{"type":"tick","t":' (19) + t (<= 20 digits) + ',"ts":' (6) + ts (<= 24) + ',' = 70
 HEAD_BYTES = 96
@@ -60,6 +61,24 @@ def lower_bound(lo: int, hi: int, x: float, ts_of: Callable[[int], float]) -> in
         else:
             lo = mid + 1
     return lo
+
+
+def ring_lower_bound(ring: Ring, lo: int, end: int, x: float) -> int | None:
+    """The answer within the ring's ticks ``lo .. end``, or None when ``ts(lo) >= x``
+    (it is then at ``lo`` or before it, older than the ring's part searched).
+
+    Every ``t`` in ``lo .. end`` must be in the ring (no await between the caller's
+    reading of the range and this call).
+    """
+
+    def ts_of(t: int) -> float:
+        tick = ring.get(t)
+        assert tick is not None  # lo .. end stay in the ring: no await before the search
+        return tick.ts
+
+    if lo > end or ts_of(lo) >= x:
+        return None
+    return lower_bound(lo + 1, end + 1, x, ts_of)
 
 
 class _Moved(Exception):
