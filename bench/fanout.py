@@ -104,14 +104,19 @@ class ServerSampler:
             return [self.root]
 
     def cpu_s(self) -> float:
-        total = 0.0
+        return sum(self.cpu_split_s())
+
+    def cpu_split_s(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the process tree."""
+        user = system = 0.0
         for proc in self._procs():
             try:
                 times = proc.cpu_times()
             except psutil.Error:
                 continue
-            total += times.user + times.system
-        return total
+            user += times.user
+            system += times.system
+        return user, system
 
     def sample_rss(self) -> None:
         rss = 0
@@ -140,6 +145,7 @@ class Row:
     duplicates: int
     failures: int  # connect failures + drops
     server_cpu_pct: float
+    server_user_pct: float  # of server_cpu_pct, in user mode (the rest is the kernel)
     server_rss_mb: float
     driver_cpu_pct: float
     msg_bytes: float
@@ -197,7 +203,7 @@ async def drive(target: RunningTarget, clients: int, rate: float, args: argparse
     sampler = ServerSampler(target.pid)
     connected = sum(1 for c in opened if not getattr(c, "lost", False))
     psutil.cpu_percent(percpu=True)  # starts the machine-wide per-CPU interval
-    usage0, cpu0 = resource.getrusage(resource.RUSAGE_SELF), sampler.cpu_s()
+    usage0, split0 = resource.getrusage(resource.RUSAGE_SELF), sampler.cpu_split_s()
     wall0 = time.monotonic()
     t0 = stats.max_t
     stats.measuring = True
@@ -207,7 +213,8 @@ async def drive(target: RunningTarget, clients: int, rate: float, args: argparse
         await asyncio.sleep(min(RSS_SAMPLE_S, deadline - now))
     stats.measuring = False
     wall = time.monotonic() - wall0
-    cpu1, usage1 = sampler.cpu_s(), resource.getrusage(resource.RUSAGE_SELF)
+    split1, usage1 = sampler.cpu_split_s(), resource.getrusage(resource.RUSAGE_SELF)
+    cpu0, cpu1 = sum(split0), sum(split1)
     produced = stats.max_t - t0
     cpu_busy = psutil.cpu_percent(percpu=True)
     sampler.sample_rss()
@@ -250,6 +257,7 @@ async def drive(target: RunningTarget, clients: int, rate: float, args: argparse
         duplicates=stats.duplicates,
         failures=stats.connect_failures + stats.drops,
         server_cpu_pct=100.0 * (cpu1 - cpu0) / wall,
+        server_user_pct=100.0 * (split1[0] - split0[0]) / wall,
         server_rss_mb=sampler.rss_max / 2**20,
         driver_cpu_pct=100.0 * driver_s / wall,
         msg_bytes=stats.bytes / stats.ticks if stats.ticks else math.nan,
@@ -306,7 +314,7 @@ def _failed_row(
     nan = math.nan
     return Row(
         target, clients, rate, args.duration, 0, nan, nan, nan, nan, 0, 0, 0, 0, clients,
-        nan, nan, nan, nan, 0, [], None, {}, error=error,
+        nan, nan, nan, nan, nan, 0, [], None, {}, error=error,
     )  # fmt: skip
 
 
@@ -325,6 +333,7 @@ COLUMNS: list[tuple[str, str, Callable[[Row], str]]] = [
     ("missed", ">6", lambda r: str(r.missed)),
     ("fail", ">5", lambda r: str(r.failures)),
     ("srv CPU%", ">8", lambda r: f"{r.server_cpu_pct:.1f}"),
+    ("of it usr", ">9", lambda r: f"{r.server_user_pct:.1f}"),
     ("srv RSS MB", ">10", lambda r: f"{r.server_rss_mb:.1f}"),
     ("drv CPU%", ">8", lambda r: f"{r.driver_cpu_pct:.1f}"),
     ("msg B", ">6", lambda r: f"{r.msg_bytes:.0f}"),

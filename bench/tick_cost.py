@@ -31,18 +31,20 @@ from loadtest.targets import start_target, stop_target  # noqa: E402
 __all__ = ["main"]
 
 
-def measure(name: str, rate: float, settle_s: float, duration_s: float) -> float:
-    """CPU seconds per tick of target ``name`` with no client."""
+def measure(name: str, rate: float, settle_s: float, duration_s: float) -> tuple[float, float]:
+    """(CPU seconds, of which user mode) per tick of target ``name`` with no client."""
     target = start_target(name, rate=rate, compression=False, cpu=SERVER_CPU)
     try:
         time.sleep(settle_s)
         proc = psutil.Process(target.pid)
-        c0, w0 = sum(proc.cpu_times()[:2]), time.monotonic()
+        c0, w0 = proc.cpu_times(), time.monotonic()
         time.sleep(duration_s)
-        c1, w1 = sum(proc.cpu_times()[:2]), time.monotonic()
+        c1, w1 = proc.cpu_times(), time.monotonic()
     finally:
         stop_target(target)
-    return (c1 - c0) / ((w1 - w0) * rate)
+    ticks = (w1 - w0) * rate
+    user = c1.user - c0.user
+    return (user + c1.system - c0.system) / ticks, user / ticks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
                 name: measure(name, args.rate, args.settle, args.duration) for name in args.targets
             }
             floor = costs.get("floor")
-            for name, cost in costs.items():
-                ratio = f"  x{cost / floor:.2f} of the floor" if floor else ""
-                print(f"round {round_ + 1} {name:>9}: {cost * 1e6:6.0f} us CPU per tick{ratio}")
+            for name, (cost, user) in costs.items():
+                ratio = f"  x{cost / floor[0]:.2f} of the floor" if floor else ""
+                print(
+                    f"round {round_ + 1} {name:>9}: {cost * 1e6:6.0f} us CPU per tick"
+                    f" ({user * 1e6:4.0f} us user){ratio}"
+                )
     return 0
 
 
