@@ -130,6 +130,15 @@ def make_ticks(count: int, agents: int) -> list[EncodedTick]:
     return [EncodedTick.from_dict(market.step(t, now)) for t in range(count)]
 
 
+def _beats(service: Any) -> dict[str, Any]:
+    """RawSession's ``beats`` argument, for the sources that have it (--baseline)."""
+    try:
+        from tickcast.transports.heartbeats import Heartbeats
+    except ImportError:
+        return {}
+    return {"beats": Heartbeats(service.config.heartbeat_s, lambda: b"{}")}
+
+
 class Run:
     """One service, its sessions over ``socks``, and the two loops to time."""
 
@@ -145,6 +154,7 @@ class Run:
                 sock=sock,
                 ws=WSConnection(ConnectionType.SERVER),
                 wbits=0,
+                **_beats(self.service),
             )
             session.live = True
             self.service.hub.add(session)

@@ -30,8 +30,10 @@ from wsproto.events import (
 from tickcast.config import Config
 from tickcast.producer import Producer
 from tickcast.tick import EncodedTick
+from tickcast.transports.heartbeats import Heartbeats
 from tickcast.transports.params import StreamParams
 from tickcast.transports.raw import RawSession
+from tickcast.transports.session import heartbeat_message
 
 PAD = "x" * 3000  # ~3 KB ticks, so a few dozen fill the small buffers
 
@@ -167,6 +169,7 @@ async def scenario(
             sock=server_sock,
             ws=server_ws,
             wbits=0,
+            beats=Heartbeats(config.heartbeat_s, lambda: heartbeat_message(None)),
             live_backlog=16_384,
             high_water=8192,
         )

@@ -40,11 +40,13 @@ from tickcast.fanout.traffic import Traffic
 from tickcast.service import Service
 from tickcast.tick import EncodedTick, Fields, batch_message
 from tickcast.transports.frames import close_frame, message_frame, tick_frame
+from tickcast.transports.heartbeats import Heartbeats
 from tickcast.transports.params import StreamParams
 from tickcast.transports.session import (
     MAX_CLIENT_MESSAGE,
     CloseCode,
     PeerGone,
+    State,
     StreamSession,
     client_reply,
     too_big,
@@ -138,6 +140,7 @@ class RawSession(StreamSession):
         sock: socket.socket,
         ws: WSConnection,
         wbits: int,
+        beats: Heartbeats,
         # Backpressure
         live_backlog: int = LIVE_BACKLOG,
         high_water: int = CATCH_UP_HIGH_WATER,
@@ -153,8 +156,7 @@ class RawSession(StreamSession):
         self._wake = trio.Event()
         self._room = trio.Event()  # set when the outbox drains to the high-water mark
         self._broken: BaseException | None = None  # the socket error that broke the outbox
-        self._heartbeat_s = service.config.heartbeat_s
-        self._next_heartbeat = trio.current_time() + self._heartbeat_s
+        self._beats = beats
 
     # -- writing ----------------------------------------------------------------------
 
@@ -258,15 +260,22 @@ class RawSession(StreamSession):
                 self.count(len(payload))
             self.sent_t = group[-1].t
             await self._flush(self._high_water)
-        self._maybe_heartbeat()
 
-    def _maybe_heartbeat(self) -> None:
-        now = trio.current_time()
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self._heartbeat_s
-            payload = self.heartbeat()
-            self._write(message_frame(payload, self.wbits))
-            self.count(len(payload))
+    # -- heartbeats (one timer for every session: heartbeats.py) -----------------------
+
+    def greeted(self) -> None:
+        self._beats.add(self)
+
+    def beat(self, payload: bytes, frames: dict[int, bytes]) -> bool:
+        """Queue heartbeat ``payload`` like any other write; False once the session ended."""
+        if self.state is not State.OPEN:
+            return False
+        frame = frames.get(self.wbits)
+        if frame is None:
+            frame = frames[self.wbits] = message_frame(payload, self.wbits)
+        self._write(frame)
+        self.count(len(payload))
+        return True
 
     # -- the hub's side ---------------------------------------------------------------
 
@@ -297,10 +306,8 @@ class RawSession(StreamSession):
                 return
             if self.lane is None:
                 self._join_lane()
-            with trio.move_on_at(self._next_heartbeat):
-                await self._wake.wait()
+            await self._wake.wait()
             self._wake = trio.Event()
-            self._maybe_heartbeat()
 
     # -- reading ----------------------------------------------------------------------
 
@@ -382,6 +389,8 @@ class RawSession(StreamSession):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
+        self._out.clear()  # what a reset connection left (the heartbeat FIFO may hold us)
+        self._out_bytes = 0
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(PeerGone):

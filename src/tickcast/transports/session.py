@@ -49,6 +49,7 @@ __all__ = [
     "State",
     "StreamSession",
     "client_reply",
+    "heartbeat_message",
     "too_big",
 ]
 
@@ -124,6 +125,11 @@ def too_big(size: int) -> ProtocolError:
     return ProtocolError(
         f"message of {size} bytes exceeds {MAX_CLIENT_MESSAGE} bytes", code=CloseCode.TOO_BIG
     )
+
+
+def heartbeat_message(latest_t: int | None) -> bytes:
+    """A heartbeat message, stamped now (the same for every client of a service)."""
+    return encode_message({"type": "heartbeat", "latest_t": latest_t, "ts": round(time.time(), 6)})
 
 
 def _number(value: float) -> float | int:
@@ -251,6 +257,9 @@ class StreamSession(Subscriber):
         """Count one message of ``nbytes`` payload bytes sent to this client."""
         self._traffic.sent(nbytes)
 
+    def greeted(self) -> None:
+        """Called once the hello has been sent (a transport may start heartbeats)."""
+
     async def send_message(self, payload: bytes) -> None:
         """Send one text message (JSON bytes); may wait on backpressure."""
         raise NotImplementedError
@@ -309,13 +318,7 @@ class StreamSession(Subscriber):
         return encode_message(msg)
 
     def heartbeat(self) -> bytes:
-        return encode_message(
-            {
-                "type": "heartbeat",
-                "latest_t": self.service.history.latest_t,
-                "ts": round(time.time(), 6),
-            }
-        )
+        return heartbeat_message(self.service.history.latest_t)
 
     async def run(self) -> None:
         """Send hello, the start of the stream, then alternate catch-up and live.
@@ -350,6 +353,7 @@ class StreamSession(Subscriber):
         hub.add(self)
         try:
             await self.send_message(hello)
+            self.greeted()
             if first is not None:
                 await self.send_ticks([first])
             while True:

@@ -25,8 +25,10 @@ from wsproto.utilities import RemoteProtocolError
 
 from tickcast.errors import error_body
 from tickcast.service import Service
+from tickcast.transports.heartbeats import Heartbeats
 from tickcast.transports.intake import Refusal, admit
 from tickcast.transports.raw import RawSession
+from tickcast.transports.session import heartbeat_message
 from tickcast.web.hypercorn_bridge import HypercornHandler
 
 __all__ = ["PrefixedStream", "listen", "serve_frontdoor"]
@@ -136,6 +138,9 @@ class FrontDoor:
     def __init__(self, service: Service, app: Any) -> None:
         self.service = service
         self.http = HypercornHandler(app)
+        self.beats = Heartbeats(
+            service.config.heartbeat_s, lambda: heartbeat_message(service.history.latest_t)
+        )
 
     async def handle(self, sock: socket.socket, peer: str) -> None:
         """Serve one connection; its failure is logged and never reaches the listener."""
@@ -207,7 +212,9 @@ class FrontDoor:
         try:
             await _send_all(sock, ws.send(AcceptConnection(extensions=extensions)))
             wbits = deflate.server_max_window_bits if deflate.enabled() else 0
-            session = RawSession(service, admission.params, ip=ip, sock=sock, ws=ws, wbits=wbits)
+            session = RawSession(
+                service, admission.params, ip=ip, sock=sock, ws=ws, wbits=wbits, beats=self.beats
+            )
         finally:
             if session is None:
                 service.limits.release(ip)
@@ -259,6 +266,7 @@ async def serve_frontdoor(
     door = FrontDoor(service, app)
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(door.beats.run)
             nursery.start_soon(partial(_accept_loop, lsock, door.handle, nursery))
             task_status.started()
     finally:

@@ -1,0 +1,89 @@
+"""Heartbeats for the raw transport: one timer for every session, not one each.
+
+Each session is due a heartbeat ``period`` seconds after its last one (the first:
+``period`` after its hello). A timer per session costs a deadline in trio's heap and
+a wake-up of the session's task per beat: at 1000 clients and 30 s, 33 wake-ups a
+second, each building and encoding the same message. Here every interval is the
+same, so the sessions wait in one FIFO that stays in due order by appending, and one
+task serves it:
+
+* it wakes when the head is due, and gives a beat to every session due before
+  ``now + slack``: a beat is early by less than ``slack``, never late, and sessions
+  due close together share one wake-up (at most one per ``slack`` seconds);
+* the message (``latest_t``, ``ts``) is encoded once per wake-up, and its frame once
+  per deflate window (:meth:`Beating.beat` takes the cache);
+* a session's next beat is due ``period`` after the one it was just given, so the
+  gap between two beats is more than ``period - slack`` and at most ``period`` (plus
+  the lateness of the loop itself): a client that counts two silent periods as a dead connection
+  never sees one from us.
+
+A session that has ended is dropped when it reaches the head (it is not searched
+for), so the FIFO holds at most the sessions of the last ``period`` seconds.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+__all__ = ["Beating", "Heartbeats"]
+
+SLACK_S = 1.0  # at most this early; at most one wake-up per this long
+SLACK_SHARE = 0.1  # ... and at most this share of the period early
+
+
+class Beating(Protocol):
+    def beat(self, payload: bytes, frames: dict[int, bytes]) -> bool:
+        """Send heartbeat ``payload`` (``frames``: its frame per window, filled on use).
+
+        Returns False when the session has ended (it is then dropped).
+        """
+        ...
+
+
+class Heartbeats:
+    """The FIFO of sessions by due time, and the task that serves it (:meth:`run`)."""
+
+    def __init__(self, period: float, message: Callable[[], bytes]) -> None:
+        self.period = period
+        self.slack = min(SLACK_S, period * SLACK_SHARE)
+        self._message = message
+        self._due: deque[tuple[float, Beating]] = deque()
+        self._added = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, session: Beating) -> None:
+        """Start beating ``session``: its first beat is due ``period`` from now."""
+        self._due.append((trio.current_time() + self.period, session))
+        self._added.set()
+
+    async def run(self) -> None:
+        """Give each session its beats, until cancelled."""
+        due = self._due
+        while True:
+            if not due:
+                self._added = trio.Event()
+                await self._added.wait()
+                continue
+            await trio.sleep_until(due[0][0])
+            self.beat_due(trio.current_time())
+
+    def beat_due(self, now: float) -> int:
+        """Beat every session due before ``now + slack``; return the number beaten."""
+        due = self._due
+        horizon = now + self.slack
+        payload = self._message()
+        frames: dict[int, bytes] = {}
+        next_due = now + self.period
+        beaten = 0
+        while due and due[0][0] < horizon:
+            _, session = due.popleft()
+            if session.beat(payload, frames):
+                due.append((next_due, session))
+                beaten += 1
+        return beaten
