@@ -75,8 +75,9 @@ class Producer:
     async def produce(self, tick: EncodedTick) -> None:
         """Append ``tick`` (``t`` must be ``log.next_t``) to the ring and the writer's queue.
 
-        Waits only on the writer's bounded queue; never on a client. The writer
-        publishes the tick once it is written.
+        Waits only on the writer's bounded queue; never on a client. The tick is
+        published once it is written: by the writer, or before this returns when
+        the writer was idle (``LocalHistory.append``; then this does not yield).
 
         Raises:
             StoreError: the writer has failed.

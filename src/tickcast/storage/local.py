@@ -1,13 +1,19 @@
 """LocalHistory: the producer's history, the ring in front of the segment store,
 and the writer task that publishes each tick once it is written.
 
-Path of a tick: the source calls :meth:`History.append` (the tick enters the ring
-and the writer's bounded channel). The writer task writes each batch to the
-segment files in a worker thread and only then publishes it (marks it published
-and hands it to the ``publish`` callback, the hub). So a tick is in the ring *and
-written to the operating system* before any client is sent it: a process crash
-(kill -9, OOM) never loses or changes a tick a client saw, whatever the fsync
-policy, because ``t`` continues after the last tick on disk.
+Path of a tick: the source calls :meth:`LocalHistory.append` (the tick enters the
+ring and the writer's bounded channel). The writer task writes each batch to the
+segment files and only then publishes it (marks it published and hands it to the
+``publish`` callback, the hub). So a tick is in the ring *and written to the
+operating system* before any client is sent it: a process crash (kill -9, OOM)
+never loses or changes a tick a client saw, whatever the fsync policy, because
+``t`` continues after the last tick on disk.
+
+The common case skips the channel: when the writer is parked (waiting, nothing
+queued or in hand) and the write can be made on the event loop (below),
+``append`` writes the tick and publishes it itself. Nothing is ahead of it, so
+the order is the same; what it saves is the writer's wake-up, a cancel scope
+and two channel operations per tick (figures in docs/performance.md).
 
 The fsync policy only decides what a power cut can take: with ``fsync=always``
 the batch is fdatasynced before it is published; with ``interval`` the writer
@@ -81,6 +87,9 @@ class LocalHistory:
         self._publish: Callable[[EncodedTick], None] = _unpublished
         self._published: trio.Event | None = None  # set (and dropped) on each publish
         self._threaded_until = 0.0  # monotonic time until which every write uses a thread
+        # True while the writer waits for a tick with nothing queued or in hand: then
+        # append() may write and publish the tick itself (see append).
+        self._parked = False
         self.failure: str | None = None
 
     # -- opening ----------------------------------------------------------------------
@@ -156,7 +165,14 @@ class LocalHistory:
     # -- writing ----------------------------------------------------------------------
 
     async def append(self, tick: EncodedTick) -> None:
-        """Put ``tick`` in the ring and queue it for the writer.
+        """Put ``tick`` in the ring, then write and publish it, or queue it for the writer.
+
+        When the writer is idle (waiting, nothing queued or in hand) and the write
+        can be made on the event loop (see the module docstring), the tick is written
+        and published here, before this returns and without yielding: the writer's
+        wake-up and the channel are skipped, and order is kept since nothing is
+        ahead of it. Otherwise it is queued for the writer, which publishes it once
+        written.
 
         Waits (backpressure on the source) while the writer is ``WRITE_QUEUE`` ticks
         behind, or while appending would push an unwritten tick out of the ring. The
@@ -169,6 +185,15 @@ class LocalHistory:
         # would be readable from neither: wait until the one it evicts is on disk.
         await self._wait_written(tick.t - self.ring.capacity)
         self.ring.append(tick)
+        if self._parked and self._inline_ok(len(tick.raw) + 1):
+            try:
+                self._write_inline([(tick.t, tick.raw)])
+            except (StoreError, OSError) as exc:
+                self._fail(f"{type(exc).__name__}: {exc}")
+                raise StoreError(f"writer failed: {self.failure}") from exc
+            self._written([tick])
+            return
+        self._parked = False  # the writer has work from here on (it parks again when idle)
         await self._send.send(tick)
 
     async def _wait_written(self, t: int) -> None:
@@ -188,9 +213,12 @@ class LocalHistory:
         """Write queued ticks to the store, then publish them, until cancelled.
 
         Each batch (the first queued tick and everything queued behind it) is written
-        in one store append in a worker thread; only then is each of its ticks marked
-        published and passed to ``publish`` (synchronous, must not block). With
-        ``fsync=interval`` the periodic fdatasync runs after publishing.
+        in one store append (on the event loop or in a worker thread, see the module
+        docstring); only then is each of its ticks marked published and passed to
+        ``publish`` (synchronous, must not block). With ``fsync=interval`` the
+        periodic fdatasync runs after publishing, or after a second without a queued
+        tick. While it waits with nothing queued, :meth:`append` may write and
+        publish a tick itself.
 
         On cancellation the remaining queued ticks are written (and published) and
         the store closed inside a shielded scope, so cancellation never loses a
@@ -200,13 +228,23 @@ class LocalHistory:
         self._publish = publish
         task_status.started()
         try:
-            while True:
-                with trio.move_on_after(1.0) as idle:
-                    first = await self._receive.receive()
-                if idle.cancelled_caught:
-                    await trio.to_thread.run_sync(self._idle_upkeep)
-                    continue
-                await self._write([first, *self._drain()])
+            while self.failure is None:
+                batch = self._drain()
+                if not batch:
+                    # Parked: append() may write and publish ticks itself meanwhile.
+                    self._parked = True
+                    try:
+                        with trio.move_on_after(1.0) as idle:
+                            batch = [await self._receive.receive()]
+                    finally:
+                        self._parked = False
+                    if idle.cancelled_caught:
+                        # A second without a queued tick (some may have been written
+                        # inline): fsync=interval syncs here, and retention runs.
+                        if self.failure is None:  # an inline write may have failed
+                            await trio.to_thread.run_sync(self._idle_upkeep)
+                        continue
+                await self._write([*batch, *self._drain()])
                 if self.store.sync_due():  # fsync=interval: a second since the last sync
                     await trio.to_thread.run_sync(self.store.sync)
         except StoreError as exc:
@@ -224,8 +262,9 @@ class LocalHistory:
                     self._fail(f"{type(exc).__name__}: {exc}")
 
     def _idle_upkeep(self) -> None:
-        """Runs in a worker thread when no tick came for a second."""
-        self.store.sync()  # fsync=interval must not leave the last ticks unsynced
+        """Runs in a worker thread when no tick was queued for a second."""
+        if self._fsync == "interval":  # not leaving the last ticks unsynced ("never": the OS)
+            self.store.sync()
         self.store.enforce_retention()  # retain_s ages segments even without rollovers
 
     def _drain(self) -> list[EncodedTick]:
@@ -238,16 +277,30 @@ class LocalHistory:
 
     async def _write(self, batch: list[EncodedTick]) -> None:
         records = [(tick.t, tick.raw) for tick in batch]
-        nbytes = sum(len(raw) + 1 for _, raw in records)
-        now = time.monotonic()
-        if self._fsync != "always" and now >= self._threaded_until and self.store.fits(nbytes):
-            self.store.append(records)  # page-cache writes only (see the module docstring)
-            took = time.monotonic() - now
-            if took > INLINE_WRITE_LIMIT_S:
-                logger.warning("segment write took %.1f ms; writing in a thread", took * 1e3)
-                self._threaded_until = now + THREADED_FOR_S
+        if self._inline_ok(sum(len(raw) + 1 for _, raw in records)):
+            self._write_inline(records)
         else:
             await trio.to_thread.run_sync(self.store.append, records)
+        self._written(batch)
+
+    def _inline_ok(self, nbytes: int) -> bool:
+        """Whether a write of ``nbytes`` may be made on the event loop (module docstring)."""
+        return (
+            self._fsync != "always"
+            and time.monotonic() >= self._threaded_until
+            and self.store.fits(nbytes)
+        )
+
+    def _write_inline(self, records: list[tuple[int, bytes]]) -> None:
+        now = time.monotonic()
+        self.store.append(records)  # page-cache writes only (see the module docstring)
+        took = time.monotonic() - now
+        if took > INLINE_WRITE_LIMIT_S:
+            logger.warning("segment write took %.1f ms; writing in a thread", took * 1e3)
+            self._threaded_until = now + THREADED_FOR_S
+
+    def _written(self, batch: list[EncodedTick]) -> None:
+        """``batch`` is written: mark it, then publish each of its ticks."""
         self._written_t = batch[-1].t
         self._written_changed.set()
         self._written_changed = trio.Event()

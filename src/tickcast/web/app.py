@@ -311,6 +311,7 @@ def create_app() -> QuartTrio:
             try:
                 for tick in ticks:
                     await producer.produce(EncodedTick.from_dict(tick))
+                    await trio.lowlevel.checkpoint()  # produce() may not yield: a long list
                 if ticks:  # answer once they are written and published
                     await service.wait_for_t(ticks[-1]["t"])
             except StoreError as exc:
