@@ -24,6 +24,7 @@ from conftest import (
     running,
 )
 from conftest import ws_connect as open_websocket_url
+from tickcast.tick import EncodedTick
 from wsclient import RawClient, Rejected
 
 WAIT_S = 30  # a deadline for waits, so a regression fails instead of hanging
@@ -81,7 +82,14 @@ async def test_incremental_shape(server: Running) -> None:
 
 
 async def test_incremental_defaults_and_cap(tmp_path: Path) -> None:
-    async with running(make_config(tmp_path, rate=2000.0, ring_size=20000)) as srv:
+    # 10,051 ticks produced directly (an ingest source: no simulator), in a fraction
+    # of a second; the ring holds them all.
+    config = make_config(tmp_path, source="ingest", ingest_token="t", ring_size=20000)
+    async with running(config) as srv:
+        for t in range(10_051):
+            tick = {"type": "tick", "t": t, "ts": 1.0 + t, "s": {}}
+            tick |= {"agents": [], "actions": [], "matches": []}
+            await srv.producer.produce(EncodedTick.from_dict(tick))
         await srv.wait_for_t(10_050)
         body = (await srv.get("/incremental")).json()
         assert body["from_t"] == 0 and body["count"] == 1000
