@@ -9,7 +9,9 @@ message; an ended session is dropped.
 
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
 
 import trio
 import trio.testing
@@ -129,3 +131,30 @@ def test_an_ended_session_is_dropped_and_the_timer_sleeps_until_a_new_one() -> N
     assert len(first.beats) == 2
     assert len(second.beats) == 1
     assert 0.9 <= gaps(second)[0] <= 1.0
+
+
+def test_the_timer_does_not_keep_a_closed_session_alive() -> None:
+    # A client reconnecting in a loop must not pile up sessions for heartbeat_s.
+    beats = Heartbeats(30.0, lambda: b"b")
+    kept = Session("kept")
+    refs: list[weakref.ref[Session]] = []
+
+    def connect_and_close() -> None:
+        gone = Session("gone")
+        beats.add(gone)
+        refs.append(weakref.ref(gone))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(beats.run)
+            beats.add(kept)
+            connect_and_close()
+            gc.collect()
+            assert refs[0]() is None  # freed at once, not when its beat is due
+            assert len(beats) == 2
+            await trio.sleep(31.0)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(kept.beats) == 1
+    assert len(beats) == 1  # the dead entry was dropped at its due time

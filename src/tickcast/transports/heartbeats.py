@@ -18,11 +18,14 @@ task serves it:
   never sees one from us.
 
 A session that has ended is dropped when it reaches the head (it is not searched
-for), so the FIFO holds at most the sessions of the last ``period`` seconds.
+for). The FIFO holds weak references, so a closed connection's session is freed
+when its task ends, not ``period`` seconds later: a client reconnecting in a loop
+costs the FIFO one dead weak reference per connection of the last ``period``.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -51,7 +54,7 @@ class Heartbeats:
         self.period = period
         self.slack = min(SLACK_S, period * SLACK_SHARE)
         self._message = message
-        self._due: deque[tuple[float, Beating]] = deque()
+        self._due: deque[tuple[float, weakref.ref[Beating]]] = deque()
         self._added = trio.Event()
 
     def __len__(self) -> int:
@@ -59,7 +62,7 @@ class Heartbeats:
 
     def add(self, session: Beating) -> None:
         """Start beating ``session``: its first beat is due ``period`` from now."""
-        self._due.append((trio.current_time() + self.period, session))
+        self._due.append((trio.current_time() + self.period, weakref.ref(session)))
         self._added.set()
 
     async def run(self) -> None:
@@ -82,8 +85,9 @@ class Heartbeats:
         next_due = now + self.period
         beaten = 0
         while due and due[0][0] < horizon:
-            _, session = due.popleft()
-            if session.beat(payload, frames):
-                due.append((next_due, session))
+            _, ref = due.popleft()
+            session = ref()
+            if session is not None and session.beat(payload, frames):
+                due.append((next_due, ref))
                 beaten += 1
         return beaten

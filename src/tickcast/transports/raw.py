@@ -389,7 +389,7 @@ class RawSession(StreamSession):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-        self._out.clear()  # what a reset connection left (the heartbeat FIFO may hold us)
+        self._out.clear()  # what a reset connection left: nothing outlives the socket
         self._out_bytes = 0
 
     async def _flush_quietly(self) -> None:
