@@ -193,7 +193,8 @@ async def test_late_follower_gets_recent_history(redis_server: RedisServer) -> N
     source.publish(300)
     async with producer(redis_server, source) as appender, edge(redis_server, probe):
         await probe.wait_for_t(299)
-        assert appender.statistics().appended_t == 299
+        # The follower may read the batch before the appender has taken Redis's reply.
+        await polled(lambda: appender.statistics().appended_t == 299)
         async with edge(redis_server, late, backlog=50):
             await late.wait_for_t(299)
             source.publish(10)
@@ -226,8 +227,10 @@ async def test_redis_killed_and_restarted_mid_stream(
                 await sink.changes.wait_until(lambda: sink.states[-1] is True)
             stop.set()
         await sink.wait_for_t(len(source.ticks) - 1)
+        # The edge may have read the last batch before the appender took Redis's reply.
+        await polled(lambda: appender.statistics().appended_t == source.latest_t)
         stats = appender.statistics()
-        assert stats.connected and stats.appended_t == source.latest_t
+        assert stats.connected
         assert stats.errors + stats.resyncs >= 2
         assert follower.statistics().gaps == 0
     assert sink.ts() == list(range(len(source.ticks)))
