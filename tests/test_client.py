@@ -38,6 +38,7 @@ from tickcast.client import (
     StreamClosedError,
     TruncatedError,
 )
+from tickcast.client.blocking import _Reader
 from tickcast.client.cursor import Backoff, Cursor, Next
 from tickcast.client.settings import Endpoint
 from tickcast.service import Service
@@ -501,6 +502,25 @@ def _default_sigint() -> None:
     # A shell without job control starts background jobs with SIGINT ignored, and an
     # ignored signal stays ignored across exec: give the child a normal Ctrl-C.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+async def test_blocking_reader_closes_whatever_order_a_read_and_the_close_run_in() -> None:
+    # Ctrl-C can land after a read was scheduled in the portal but before it ran: the
+    # close then races it (trio runs a batch of tasks in random order), and closing the
+    # generator while the read is inside it failed with 'aclose(): asynchronous
+    # generator is already running' (seen in a suite run under load). 200 rounds
+    # cover both orders.
+    for _ in range(200):
+
+        async def batches() -> AsyncIterator[list[int]]:
+            while True:
+                await trio.sleep_forever()
+                yield [1]
+
+        reader = _Reader(batches())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.next)
+            nursery.start_soon(reader.close)
 
 
 async def test_tail_prints_json_lines_and_ends_quietly_on_ctrl_c(server: Running) -> None:

@@ -53,12 +53,15 @@ class _Reader(Generic[T]):
         self._reading: anyio.CancelScope | None = None
         self._idle = anyio.Event()
         self._idle.set()
+        self._closing = False
 
     @classmethod
     async def open(cls, open_batches: Callable[[], AsyncGenerator[list[T], None]]) -> _Reader[T]:
         return cls(open_batches())
 
     async def next(self) -> list[T] | None:
+        if self._closing:  # a read scheduled before a Ctrl-C, run after close() began
+            return None
         self._idle = anyio.Event()
         try:
             with anyio.CancelScope() as self._reading:
@@ -72,8 +75,14 @@ class _Reader(Generic[T]):
 
     async def close(self) -> None:
         """Cancel a read in flight and wait for it to unwind, then close the generator
-        (an async generator cannot be closed while a read is running in it)."""
-        if self._reading is not None:
-            self._reading.cancel()
-        await self._idle.wait()
+        (an async generator cannot be closed while a read is running in it).
+
+        No read starts once this has begun; one that started while this waited (a
+        read scheduled just before, run at this wait's checkpoint) is cancelled too.
+        """
+        self._closing = True
+        while self._reading is not None or not self._idle.is_set():
+            if self._reading is not None:
+                self._reading.cancel()
+            await self._idle.wait()
         await self._batches.aclose()
