@@ -14,8 +14,8 @@ task serves it:
   per deflate window (:meth:`Beating.beat` takes the cache);
 * a session's next beat is due ``period`` after the one it was just given, so the
   gap between two beats is more than ``period - slack`` and at most ``period`` (plus
-  the lateness of the loop itself): a client that counts two silent periods as a dead connection
-  never sees one from us.
+  the lateness of the loop itself): a client that counts two silent periods as a
+  dead connection never sees one from us.
 
 A session that has ended is dropped when it reaches the head (it is not searched
 for). The FIFO holds weak references, so a closed connection's session is freed
