@@ -185,9 +185,10 @@ class LocalHistory:
         # would be readable from neither: wait until the one it evicts is on disk.
         await self._wait_written(tick.t - self.ring.capacity)
         self.ring.append(tick)
-        if self._parked and self._inline_ok(len(tick.raw) + 1):
+        records = [(tick.t, tick.raw)]
+        if self._parked and self._inline_ok(records):
             try:
-                self._write_inline([(tick.t, tick.raw)])
+                self._write_inline(records)
             except (StoreError, OSError) as exc:
                 self._fail(f"{type(exc).__name__}: {exc}")
                 raise StoreError(f"writer failed: {self.failure}") from exc
@@ -277,18 +278,18 @@ class LocalHistory:
 
     async def _write(self, batch: list[EncodedTick]) -> None:
         records = [(tick.t, tick.raw) for tick in batch]
-        if self._inline_ok(sum(len(raw) + 1 for _, raw in records)):
+        if self._inline_ok(records):
             self._write_inline(records)
         else:
             await trio.to_thread.run_sync(self.store.append, records)
         self._written(batch)
 
-    def _inline_ok(self, nbytes: int) -> bool:
-        """Whether a write of ``nbytes`` may be made on the event loop (module docstring)."""
+    def _inline_ok(self, records: list[tuple[int, bytes]]) -> bool:
+        """Whether the append of ``records`` may be made on the event loop (module docstring)."""
         return (
             self._fsync != "always"
             and time.monotonic() >= self._threaded_until
-            and self.store.fits(nbytes)
+            and self.store.fits(records)
         )
 
     def _write_inline(self, records: list[tuple[int, bytes]]) -> None:

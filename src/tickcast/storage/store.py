@@ -262,12 +262,13 @@ class SegmentStore:
         if rolled:
             self.enforce_retention()
 
-    def fits(self, nbytes: int) -> bool:
-        """Whether ``nbytes`` of records fit the open segment: an append of them is two
+    def fits(self, records: Sequence[tuple[int, bytes]]) -> bool:
+        """Whether ``records`` fit the open segment: an :meth:`append` of them is two
         ``os.write`` calls and no rollover, file creation or retention."""
         writer = self._writer
         if writer is None:
             return False
+        nbytes = sum(len(raw) + 1 for _, raw in records)  # each record and its newline
         return writer.data_end == 0 or writer.data_end + nbytes <= self._opts.segment_bytes
 
     def sync(self) -> None:

@@ -76,18 +76,15 @@ class Heartbeats:
             await trio.sleep_until(due[0][0])
             self.beat_due(trio.current_time())
 
-    def beat_due(self, now: float) -> int:
-        """Beat every session due before ``now + slack``; return the number beaten."""
+    def beat_due(self, now: float) -> None:
+        """Beat every session due before ``now + slack``."""
         due = self._due
         horizon = now + self.slack
         payload = self._message()
         frames: dict[int, bytes] = {}
         next_due = now + self.period
-        beaten = 0
         while due and due[0][0] < horizon:
             _, ref = due.popleft()
             session = ref()
             if session is not None and session.beat(payload, frames):
                 due.append((next_due, ref))
-                beaten += 1
-        return beaten
