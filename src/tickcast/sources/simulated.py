@@ -11,6 +11,7 @@ import trio
 
 from tickcast.errors import StoreError
 from tickcast.producer import Producer
+from tickcast.sources.metronome import Metronome
 from tickcast.sources.simulator import Market
 from tickcast.tick import EncodedTick
 
@@ -35,26 +36,21 @@ async def run_simulator(
 ) -> None:
     """Produce ticks at ``config.rate`` per second until cancelled.
 
-    Ticks are scheduled on absolute deadlines, so the rate does not drift with the
-    cost of a step; after a stall (e.g. the writer applying backpressure) it does
-    not burst to catch up. A failure is recorded on the service (``/health`` 503),
-    not raised, so history stays readable.
+    Ticks are scheduled on a fixed grid (:class:`Metronome`), so the rate does not
+    drift with the cost of a step; after a stall (e.g. the writer applying
+    backpressure) it does not burst to catch up. A failure is recorded on the
+    service (``/health`` 503), not raised, so history stays readable.
     """
     service = producer.service
     market = _market(producer)
-    period = 1.0 / service.config.rate
     task_status.started()
-    deadline = trio.current_time()
     try:
-        while True:
-            t = producer.log.next_t
-            tick = EncodedTick.from_dict(market.step(t, time.time()))
-            await producer.produce(tick)
-            deadline += period
-            now = trio.current_time()
-            if deadline < now - period:
-                deadline = now
-            await trio.sleep_until(deadline)
+        with Metronome(1.0 / service.config.rate) as metronome:
+            while True:
+                t = producer.log.next_t
+                tick = EncodedTick.from_dict(market.step(t, time.time()))
+                await producer.produce(tick)
+                await metronome.wait()
     except StoreError as exc:
         service.fail("simulator", f"stopped: {exc}")
     except Exception as exc:
