@@ -273,3 +273,16 @@ def test_long_run_stays_bounded() -> None:
         assert math.isfinite(price)
         low, high = min(low, price), max(high, price)
     assert 0.5 * INITIAL_PRICE < low <= high < 2 * INITIAL_PRICE
+
+
+def test_a_returned_tick_does_not_change_with_later_steps() -> None:
+    # Agent entries are shared between ticks while an agent's experience holds still.
+    market = Market(seed=5)
+    ticks = list(run(market, 0, 5))
+    frozen = [orjson.dumps(tick) for tick in ticks]
+    later = list(run(market, 5, 200))
+    assert [orjson.dumps(tick) for tick in ticks] == frozen
+    moved = {a["id"] for a in later[-1]["agents"]} - {
+        a["id"] for a, b in zip(ticks[-1]["agents"], later[-1]["agents"], strict=True) if a == b
+    }
+    assert moved  # the experiences did change since, so entries were replaced, not changed

@@ -38,6 +38,7 @@ uninterrupted one. The fundamental value depends only on ``(seed, t)`` and conti
 from __future__ import annotations
 
 import math
+import operator
 import random
 from collections import deque
 from collections.abc import Mapping
@@ -82,6 +83,9 @@ NV_MAGICCONST: Final = 4 * math.exp(-0.5) / math.sqrt(2.0)  # random.normalvaria
 PNL_REF: Final = 0.002  # P&L per tick, as a fraction of the mid, that scores 0.5 + 0.5 tanh(1)
 
 
+_PRICE: Final = operator.attrgetter("price")
+
+
 @dataclass(slots=True)
 class _Order:
     agent: int
@@ -113,6 +117,11 @@ class Market:
         self._momentum = 0.0
         self._experience = [INITIAL_EXPERIENCE] * agents
         self._inventory = [0.0] * agents
+        # (agent, strategy, chance to act at experience 0.5) for each agent, in id order
+        self._roster = [(i, i % 4, ACTIVITY[i % 4]) for i in range(agents)]
+        # The tick's "agents" entries, rebuilt only for agents whose experience moved.
+        # An entry is replaced, never changed, so a tick already returned stays as it was.
+        self._entries = [{"id": i, "experience": INITIAL_EXPERIENCE} for i in range(agents)]
         phases = random.Random(f"tickcast:{seed}:fundamental")
         self._waves = [
             (amp, 2 * math.pi / period, phases.uniform(0, 2 * math.pi))
@@ -150,6 +159,7 @@ class Market:
         for agent, experience in experiences.items():
             if 0 <= agent < agents and math.isfinite(experience):
                 market._experience[agent] = min(max(experience, 0.0), 1.0)
+                market._entries[agent] = _entry(agent, market._experience[agent])
         return market
 
     def step(self, t: int, ts: float) -> dict[str, Any]:
@@ -160,7 +170,9 @@ class Market:
             ts: the production time, copied into the tick rounded to microseconds.
 
         Returns:
-            A fresh dict with keys ``type, t, ts, s, agents, actions, matches``.
+            A new dict with keys ``type, t, ts, s, agents, actions, matches``. The
+            entries of ``agents`` are shared with the ticks before and after it in
+            which that agent's experience is the same: read the tick, do not change it.
         """
         rng = random.Random(f"tickcast:{self._seed}:{t}")
         mid, value = self._price, self._value(t)
@@ -168,10 +180,15 @@ class Market:
         orders = self._place_orders(rng, mid, value, vol)
 
         # Market state seen by the orders, before matching.
-        depth = sum(o.size for o in orders if abs(o.price / mid - 1) <= LIQ_BAND)
+        depth = bought = sold = 0.0
+        for o in orders:
+            if abs(o.price / mid - 1) <= LIQ_BAND:
+                depth += o.size
+            if o.side > 0:
+                bought += o.size
+            else:
+                sold += o.size
         liquidity = depth / (self._n * LIQ_REF_PER_AGENT)
-        bought = sum(o.size for o in orders if o.side > 0)
-        sold = sum(o.size for o in orders if o.side < 0)
         imbalance = (bought - sold) / (bought + sold) if orders else 0.0
 
         fills, clearing = _auction(orders)
@@ -205,9 +222,7 @@ class Market:
                 "liquidity": round(liquidity, 4),
                 "imbalance": round(imbalance, 4),
             },
-            "agents": [
-                {"id": i, "experience": round(e, 4)} for i, e in enumerate(self._experience)
-            ],
+            "agents": self._entries.copy(),
             "actions": [
                 {
                     "id": o.agent,
@@ -262,18 +277,17 @@ class Market:
                 r = randbits(2)
             return 1 if r == 0 else -1
 
-        for agent in range(self._n):
-            strategy = agent % 4
-            activity = ACTIVITY[strategy] * (0.5 + experience[agent])
-            if rand() >= activity:
+        log, exp = math.log, math.exp
+        for agent, strategy, activity in self._roster:
+            if rand() >= activity * (0.5 + experience[agent]):
                 continue
             while True:  # rng.lognormvariate(-0.7, 0.5): median ~0.5 units
                 u1 = rand()
                 u2 = 1.0 - rand()
                 z = NV_MAGICCONST * (u1 - 0.5) / u2
-                if z * z / 4.0 <= -math.log(u2):
+                if z * z / 4.0 <= -log(u2):
                     break
-            size = math.exp(-0.7 + z * 0.5)
+            size = exp(-0.7 + z * 0.5)
             if strategy == TREND:
                 side = coin() if momentum == 0 else 1 if momentum > 0 else -1
                 add(agent, side, mid * (1 + side * TREND_REACH * rand()), size)
@@ -299,29 +313,40 @@ class Market:
         price: float,
     ) -> list[dict[str, Any]]:
         """Book the fills into inventories and experiences; return the tick's matches."""
+        inventory = self._inventory
         ordered: dict[int, float] = {}
-        filled: dict[int, float] = {}
-        pnl: dict[int, float] = {}
         for o in orders:
-            if o.agent not in ordered:
-                pnl[o.agent] = self._inventory[o.agent] * (price - mid)
-                filled[o.agent] = 0.0
             ordered[o.agent] = ordered.get(o.agent, 0.0) + o.size
+        filled = dict.fromkeys(ordered, 0.0)
+        move = price - mid
+        pnl = {agent: inventory[agent] * move for agent in ordered}
         matches: list[dict[str, Any]] = []
         for a, b, qty, fill_price in fills:
-            for party in (a, b):
-                if party is not None:
-                    self._inventory[party.agent] += party.side * qty
-                    filled[party.agent] += qty
-                    pnl[party.agent] += party.side * qty * (price - fill_price)
-            counterparty = -1 if b is None else b.agent
+            agent, signed = a.agent, a.side * qty
+            inventory[agent] += signed
+            filled[agent] += qty
+            pnl[agent] += signed * (price - fill_price)
+            if b is None:
+                counterparty = -1
+            else:
+                counterparty, signed = b.agent, b.side * qty
+                inventory[counterparty] += signed
+                filled[counterparty] += qty
+                pnl[counterparty] += signed * (price - fill_price)
             prob = round(min(qty / a.size, 1.0), 4)
-            matches.append({"a": a.agent, "b": counterparty, "prob": prob})
+            matches.append({"a": agent, "b": counterparty, "prob": prob})
+        experience, entries = self._experience, self._entries
         for agent, size in ordered.items():
             pnl_score = 0.5 + 0.5 * math.tanh(pnl[agent] / (PNL_REF * mid))
             score = 0.5 * min(filled[agent] / size, 1.0) + 0.5 * pnl_score
-            self._experience[agent] += EXPERIENCE_ALPHA * (score - self._experience[agent])
+            experience[agent] += EXPERIENCE_ALPHA * (score - experience[agent])
+            entries[agent] = _entry(agent, experience[agent])
         return matches
+
+
+def _entry(agent: int, experience: float) -> dict[str, Any]:
+    """An agent's entry in a tick's ``agents``."""
+    return {"id": agent, "experience": round(experience, 4)}
 
 
 def _auction(
@@ -337,8 +362,10 @@ def _auction(
         The fills as ``(buy, sell, quantity, price)`` and the clearing price (None when
         nothing crossed).
     """
-    bids = sorted((o for o in orders if o.side > 0), key=lambda o: -o.price)
-    asks = sorted((o for o in orders if o.side < 0), key=lambda o: o.price)
+    bids = [o for o in orders if o.side > 0]
+    bids.sort(key=_PRICE, reverse=True)  # stable: equal prices keep the orders' order
+    asks = [o for o in orders if o.side < 0]
+    asks.sort(key=_PRICE)
     pairs: list[tuple[_Order, _Order, float]] = []
     i = j = 0
     last: tuple[float, float] | None = None
