@@ -2,8 +2,9 @@
 """Fan-out benchmark: N WebSocket clients x R ticks/s against tickcast, the peer and the floor.
 
 For each cell of the matrix clients x rates x compression x ``--repeat`` rounds, it
-runs every target in turn (so targets alternate and share the machine's mood), and
-for each target
+runs every target in turn (so targets alternate and share the machine's mood; every
+other round in the reverse order, so that a machine slowly getting busier or quieter
+over a run does not favour the target that always goes first), and for each target
 
 1. starts the target itself (``loadtest/targets.py``: free port, temporary data
    directory, pinned to CPU 0) and waits for ``GET /health`` = 200;
@@ -42,6 +43,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -433,6 +435,32 @@ def format_ratios(rows: Sequence[Row], base: str) -> list[str]:
     return lines
 
 
+def format_ratio_medians(rows: Sequence[Row], base: str) -> list[str]:
+    """Over the rounds of each cell: the median of each target's ratios to ``base``."""
+    ok = [r for r in rows if not r.error]
+    bases = {_cell(r): r for r in ok if r.target == base}
+    ratios: dict[tuple[str, int, float, bool], list[tuple[float, float]]] = {}
+    for row in ok:
+        other = bases.get(_cell(row))
+        if row.target == base or other is None or not other.cpu_us_per_msg or not other.p99_ms:
+            continue
+        key = (row.target, row.clients, row.rate, row.compression)
+        pair = (row.cpu_us_per_msg / other.cpu_us_per_msg, row.p99_ms / other.p99_ms)
+        ratios.setdefault(key, []).append(pair)
+    lines = []
+    for (target, clients, rate, compression), pairs in ratios.items():
+        if len(pairs) < 2:
+            continue
+        cpu = ", ".join(f"{c:.2f}" for c, _ in pairs)
+        where = f"{target:>13} {clients:>6} x {rate:g}/s" + (" deflate" if compression else "")
+        lines.append(
+            f"{where}: median of {len(pairs)} rounds: CPU/msg"
+            f" x{statistics.median(c for c, _ in pairs):.2f} ({cpu}),"
+            f" p99 x{statistics.median(p for _, p in pairs):.2f}"
+        )
+    return lines
+
+
 def format_deflate_ratios(rows: Sequence[Row]) -> list[str]:
     """Each target with deflate offered against itself without, same cell and round."""
     plain = {(r.target, r.clients, r.rate, r.round): r for r in rows if not r.compression}
@@ -494,7 +522,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="clients offer permessage-deflate (both: every cell with and without)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="rounds of each cell (targets alternate in each)"
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of each cell (targets alternate in each; even counts cancel a drift)",
     )
     parser.add_argument("--agents", type=int, default=None, help="passed to both servers")
     parser.add_argument(
@@ -584,7 +615,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_matrix(args: argparse.Namespace) -> list[Row]:
-    """Every cell: clients x rates x compression x rounds, the targets in turn in each."""
+    """Every cell: clients x rates x compression x rounds, the targets in turn in each.
+
+    Odd rounds run the targets in reverse (A B C, C B A, ...): a drift over the run
+    then shifts each target's figure one way in a round and the other way in the
+    next, instead of always against the target that goes last.
+    """
     rows: list[Row] = []
     print(format_table([], ratios=False).splitlines()[0], flush=True)
     for clients in args.clients:
@@ -592,7 +628,8 @@ def run_matrix(args: argparse.Namespace) -> list[Row]:
             for compression in args.compression_modes:
                 args.compression = compression
                 for round_ in range(args.repeat):
-                    for target in args.targets:
+                    order = args.targets if round_ % 2 == 0 else args.targets[::-1]
+                    for target in order:
                         row = run_cell(target, clients, rate, args, round_=round_)
                         rows.append(row)
                         print(format_table([row], ratios=False).splitlines()[-1], flush=True)
@@ -607,7 +644,7 @@ def report(rows: list[Row], args: argparse.Namespace, pinned: bool) -> None:
         ratios = format_ratios(rows, base)
         if ratios:
             print(f"\ntarget / {base} (same cell, same round):")
-            print("\n".join(ratios))
+            print("\n".join(ratios + format_ratio_medians(rows, base)))
     deflate = format_deflate_ratios(rows)
     if deflate:
         print("\ndeflate offered / not (same target, cell and round):")
