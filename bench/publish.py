@@ -48,7 +48,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import trio
@@ -119,9 +118,18 @@ def tcp_sockets(n: int, drainer_cpu: int | None) -> Iterator[list[socket.socket]
         child.wait(timeout=10)
 
 
+class NullSocket:
+    """A socket stand-in: ``send(data)`` is ``len(data)``, in C. Hashable, like a
+    socket; its ``send`` is a distinct callable per socket, as bound methods are."""
+
+    __slots__ = ("send",)
+
+    def __init__(self) -> None:
+        self.send = functools.partial(len)
+
+
 def null_sockets(n: int) -> list[Any]:
-    # send(data) -> len(data), in C; a distinct callable per socket, as bound methods are
-    return [SimpleNamespace(send=functools.partial(len)) for _ in range(n)]
+    return [NullSocket() for _ in range(n)]
 
 
 def make_ticks(count: int, agents: int) -> list[EncodedTick]:

@@ -29,7 +29,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import trio
 from wsproto import WSConnection
@@ -69,10 +69,10 @@ class ClientClosed(PeerGone):
 class RawLane(Lane):
     """Live raw sessions with an empty outbox on one field set and window.
 
-    :meth:`publish` is the floor's loop: the tick's cached frame, then one ``send``
-    per member through its socket's bound method; messages and bytes are counted
-    once for the lot. A member the kernel does not take the whole frame from leaves
-    after the loop, the rest of the frame in its outbox (or its socket broken).
+    :meth:`publish` is the floor's loop: the tick's cached frame, then one
+    ``sock.send`` per member; messages and bytes are counted once for the lot. A
+    member the kernel does not take the whole frame from leaves after the loop,
+    the rest of the frame in its outbox (or its socket broken).
     """
 
     def __init__(self, hub: Hub, traffic: Traffic, fields: Fields, wbits: int) -> None:
@@ -80,8 +80,10 @@ class RawLane(Lane):
         self.traffic = traffic
         self.fields = fields
         self.wbits = wbits
-        # bound socket.send -> its session, in joining order (a dict: O(1) removal)
-        self._members: dict[Callable[[bytes], int], RawSession] = {}
+        # socket -> its session, in joining order (a dict: O(1) removal). Keyed by the
+        # socket, not its bound send: in place, each object the loop touches per
+        # member is a likely cache miss, and the socket is touched by send anyway.
+        self._members: dict[socket.socket, RawSession] = {}
 
     def __len__(self) -> int:
         return len(self._members)
@@ -91,11 +93,11 @@ class RawLane(Lane):
 
     def add(self, sub: Subscriber) -> None:
         assert isinstance(sub, RawSession)
-        self._members[sub.sock.send] = sub
+        self._members[sub.sock] = sub
 
     def remove(self, sub: Subscriber, next_t: int) -> None:
         assert isinstance(sub, RawSession)
-        del self._members[sub.sock.send]
+        del self._members[sub.sock]
         sub.next_t = next_t
         sub.sent_t = next_t - 1
 
@@ -103,19 +105,19 @@ class RawLane(Lane):
         frame = tick_frame(tick, self.fields, self.wbits)
         n = len(frame)
         members = self._members
-        short: list[tuple[Callable[[bytes], int], int | OSError]] = []
-        for send in members:
+        short: list[tuple[socket.socket, int | OSError]] = []
+        for sock in members:
             try:
-                sent = send(frame)
+                sent = sock.send(frame)
             except OSError as exc:  # BlockingIOError: nothing taken; else the socket broke
-                short.append((send, exc))
+                short.append((sock, exc))
                 continue
             if sent != n:
-                short.append((send, sent))
+                short.append((sock, sent))
         taken = len(members)
         t = tick.t
-        for send, result in short:
-            session = members[send]
+        for sock, result in short:
+            session = members[sock]
             if isinstance(result, BlockingIOError):
                 result = 0
             if isinstance(result, OSError):
