@@ -19,14 +19,12 @@ metronome sleeps on the mock clock, so virtual time keeps working.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import math
 import os
 import sys
 from types import TracebackType
 
 import trio
-import trio.testing
 
 __all__ = ["Metronome"]
 
@@ -47,7 +45,7 @@ def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None)  # the process's own symbols, libc's among them
         libc.timerfd_create.argtypes = (ctypes.c_int, ctypes.c_int)
         libc.timerfd_settime.argtypes = (
             ctypes.c_int,
@@ -78,6 +76,15 @@ def _timerfd(period: float) -> int | None:
     return fd
 
 
+def _virtual_clock() -> bool:
+    """Whether trio runs on ``trio.testing.MockClock``.
+
+    Only if ``trio.testing`` was imported (it imports pytest: not in production).
+    """
+    testing = sys.modules.get("trio.testing")
+    return testing is not None and isinstance(trio.lowlevel.current_clock(), testing.MockClock)
+
+
 class Metronome:
     """Wake every ``period`` seconds, counted from when the metronome was entered.
 
@@ -100,7 +107,7 @@ class Metronome:
         return self._fd is not None
 
     def __enter__(self) -> Metronome:
-        if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        if not _virtual_clock():
             self._fd = _timerfd(self.period)
         self._deadline = trio.current_time() + self.period
         return self
