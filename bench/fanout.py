@@ -553,8 +553,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     args.compression_modes = {"off": [False], "on": [True], "both": [False, True]}[args.compression]
     args.compression = args.compression_modes[0]
-    if ("base" in args.targets) != (args.baseline is not None):
-        parser.error("--baseline REF and the target 'base' go together")
+    if bool({"base", "base-asgi"} & set(args.targets)) != (args.baseline is not None):
+        parser.error("--baseline REF and the target 'base' (or 'base-asgi') go together")
     return args
 
 
@@ -640,7 +640,7 @@ def report(rows: list[Row], args: argparse.Namespace, pinned: bool) -> None:
     print(format_table(rows))
     for line in format_notes(rows):
         print(f"note: {line}")
-    for base in (FLOOR, "base", "peer"):
+    for base in (FLOOR, "base", "base-asgi", "peer"):
         ratios = format_ratios(rows, base)
         if ratios:
             print(f"\ntarget / {base} (same cell, same round):")

@@ -49,8 +49,9 @@ PEER_SCRIPT = ROOT / "bench" / "peer_websockets.py"
 FLOOR_SCRIPT = ROOT / "bench" / "peer_floor.py"
 # floor: a bare send loop (bench/peer_floor.py), what every other figure is a ratio to;
 # base: tickcast from the source tree in $BENCH_BASE_SRC (bench/fanout.py --baseline
-# REF extracts one), for before/after figures from one run
-TARGETS = ("tickcast", "peer", "floor", "base", "tickcast-asgi")
+# REF extracts one), for before/after figures from one run; base-asgi: the same tree
+# under a stock Hypercorn, as tickcast-asgi
+TARGETS = ("tickcast", "peer", "floor", "base", "tickcast-asgi", "base-asgi")
 BASE_SRC_ENV = "BENCH_BASE_SRC"  # not TICKCAST_*: tickcast refuses unknown ones
 HOST = "127.0.0.1"
 
@@ -139,7 +140,9 @@ def build_command(
         cmd += ["--data-dir", str(data_dir), "--rate", rate_arg]
         # Every benchmark client comes from 127.0.0.1: lift the per-IP limit (default 100).
         cmd += ["--max-connections-per-ip", str(max_clients)]
-    elif name == "tickcast-asgi":
+    elif name in ("tickcast-asgi", "base-asgi"):  # base-asgi: from another tree (_env)
+        if name == "base-asgi" and not os.environ.get(BASE_SRC_ENV):
+            raise TargetError(f"target base-asgi: ${BASE_SRC_ENV} is not set")
         # The same service under a stock Hypercorn: /ws/stream is the portable Quart
         # route (a memory channel and a sender task per connection, await
         # websocket.send), i.e. the straightforward Quart-Trio fan-out. Settings go in
@@ -231,7 +234,7 @@ def start_target(
     pinned = _usable_cpu(cpu)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     base_src = env.pop(BASE_SRC_ENV, None)
-    if name == "base":  # ahead of the editable install's path entry
+    if name in ("base", "base-asgi"):  # ahead of the editable install's path entry
         env["PYTHONPATH"] = base_src or ""
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
