@@ -324,6 +324,28 @@ async def test_heartbeat(tmp_path: Path, transport: Transport, rate: float) -> N
                 assert isinstance(beat["ts"], float)
 
 
+async def test_heartbeats_between_batches_keep_the_ticks_whole(
+    tmp_path: Path, transport: Transport
+) -> None:
+    # Ticks flowing fast, grouped in batches: beats come every period between the
+    # messages (under ASGI: queued behind the waiting ticks), and no tick is lost,
+    # repeated or reordered around them.
+    async with running(make_config(tmp_path, heartbeat_s=0.2, rate=200.0), transport) as srv:
+        await srv.wait_for_t(0)
+        async with open_websocket_url(srv.ws_url("?batch=20")) as ws:
+            await recv_json(ws)  # hello
+            beats, ts = 0, []
+            with trio.fail_after(20):
+                while beats < 4:
+                    msg = await recv_json(ws)
+                    if msg["type"] == "heartbeat":
+                        beats += 1
+                    else:
+                        ts += [tick["t"] for tick in msg.get("ticks", [msg])]
+            assert ts == list(range(ts[0], ts[0] + len(ts)))
+            assert len(ts) > beats
+
+
 async def test_empty_history_starts_with_first_tick(tmp_path: Path, transport: Transport) -> None:
     async with (
         running(make_config(tmp_path, rate=5.0), transport) as srv,

@@ -6,6 +6,11 @@ the hub fills with ``send_nowait``; the connection's task drains it, grouping up
 ``batch`` waiting ticks per message, and awaits ``websocket.send``. ``WouldBlock``
 means the client fell behind: it catches up from history like any other.
 
+Heartbeats come from one timer for every session of the app (``heartbeats.py``, as
+for the raw transport): a beat is queued in the channel behind the waiting ticks, so
+the task's wait for the next tick needs no deadline of its own. During catch-up, or
+with a full channel, a beat is skipped: ticks are on their way.
+
 What differs from the raw transport (docs/protocol.md, "The ASGI transport"):
 Hypercorn builds the frames and compresses per connection, and shields its sends,
 so a close to a client that does not read is bounded by TCP, not by us.
@@ -13,11 +18,14 @@ so a close to a client that does not read is bounded by TCP, not by us.
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 from quart import websocket
 
 from tickcast.service import Service
 from tickcast.tick import EncodedTick
+from tickcast.transports.heartbeats import Heartbeats
 from tickcast.transports.params import StreamParams
 from tickcast.transports.session import (
     MAX_CLIENT_MESSAGE,
@@ -36,10 +44,13 @@ ASGI_QUEUE = 64  # ticks buffered per ASGI connection before it falls back to ca
 class AsgiSession(StreamSession):
     """A stream session over Quart's websocket object (memory channel per client)."""
 
-    def __init__(self, service: Service, params: StreamParams, *, ip: str) -> None:
+    def __init__(
+        self, service: Service, params: StreamParams, *, ip: str, beats: Heartbeats
+    ) -> None:
         super().__init__(service, params, ip=ip)
-        self._send, self._receive = trio.open_memory_channel[EncodedTick](ASGI_QUEUE)
-        self._heartbeat_s = service.config.heartbeat_s
+        # ticks, and heartbeat payloads (bytes) queued behind them
+        self._send, self._receive = trio.open_memory_channel[EncodedTick | bytes](ASGI_QUEUE)
+        self._beats = beats
 
     async def send_message(self, payload: bytes) -> None:
         await websocket.send(payload.decode())
@@ -53,29 +64,44 @@ class AsgiSession(StreamSession):
         self.next_t = tick.t + 1
         return True
 
+    def greeted(self) -> None:
+        self._beats.add(self)
+
+    def beat(self, payload: bytes, frames: dict[int, bytes]) -> bool:
+        """Queue heartbeat ``payload`` behind the waiting ticks; False once ended."""
+        if self.end is not None:
+            return False
+        if self.live:
+            # a full queue is full of ticks: not a silent connection
+            with contextlib.suppress(trio.WouldBlock):
+                self._send.send_nowait(payload)
+        return True
+
     async def live_phase(self) -> None:
-        next_heartbeat = trio.current_time() + self._heartbeat_s
         while True:
-            first: EncodedTick | None
             try:
                 first = self._receive.receive_nowait()
             except trio.WouldBlock:
                 if not self.live:
                     return
-                first = None
-                with trio.move_on_at(next_heartbeat):
-                    first = await self._receive.receive()
-                if first is None:
-                    next_heartbeat = trio.current_time() + self._heartbeat_s
-                    await self.send_message(self.heartbeat())
-                    continue
+                first = await self._receive.receive()
+            if isinstance(first, bytes):
+                await self.send_message(first)
+                continue
             group = [first]
+            beat: bytes | None = None
             while len(group) < self.params.batch:
                 try:
-                    group.append(self._receive.receive_nowait())
+                    item = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     break
+                if isinstance(item, bytes):
+                    beat = item
+                    break
+                group.append(item)
             await self.send_ticks(group)
+            if beat is not None:
+                await self.send_message(beat)
 
     async def read_messages(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""Heartbeats for the raw transport: one timer for every session, not one each.
+"""Heartbeats for the stream sessions: one timer for every session, not one each.
 
 Each session is due a heartbeat ``period`` seconds after its last one (the first:
 ``period`` after its hello). A timer per session costs a deadline in trio's heap and
@@ -28,11 +28,16 @@ from __future__ import annotations
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-__all__ = ["Beating", "Heartbeats"]
+from tickcast.transports.session import heartbeat_message
+
+if TYPE_CHECKING:
+    from tickcast.service import Service
+
+__all__ = ["Beating", "Heartbeats", "service_heartbeats"]
 
 SLACK_S = 1.0  # at most this early; at most one wake-up per this long
 SLACK_SHARE = 0.1  # ... and at most this share of the period early
@@ -45,6 +50,12 @@ class Beating(Protocol):
         Returns False when the session has ended (it is then dropped).
         """
         ...
+
+
+def service_heartbeats(service: Service) -> Heartbeats:
+    """The heartbeat timer of ``service``'s stream sessions (run :meth:`Heartbeats.run`)."""
+    history = service.history
+    return Heartbeats(service.config.heartbeat_s, lambda: heartbeat_message(history.latest_t))
 
 
 class Heartbeats:

@@ -33,6 +33,7 @@ from tickcast.service import Service
 from tickcast.sources.ingest import MAX_INGEST_BYTES, build_tick
 from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
+from tickcast.transports.heartbeats import Heartbeats, service_heartbeats
 from tickcast.transports.intake import Refusal, admit, authorize
 from tickcast.transports.params import BadParam, fields_param, int_param, start_params
 from tickcast.web import apidocs, keepalive, openapi, schemas
@@ -44,6 +45,7 @@ log = logging.getLogger("tickcast.app")
 
 SERVICE_KEY = "TICKCAST_SERVICE"
 PRODUCER_KEY = "TICKCAST_PRODUCER"
+BEATS_KEY = "TICKCAST_HEARTBEATS"  # the stream sessions' heartbeat timer, once started
 MAX_LIMIT = 10_000
 
 
@@ -132,6 +134,20 @@ def attach(app: Quart, service: Service | None, *, producer: Producer | None = N
     """
     app.config[SERVICE_KEY] = service
     app.config[PRODUCER_KEY] = producer
+    app.config[BEATS_KEY] = None
+
+
+def _heartbeats(app: QuartTrio, service: Service) -> Heartbeats:
+    """The one heartbeat timer of the app's stream sessions, started on first use.
+
+    It runs in ``app.nursery`` (open while the app is served) and ends with it.
+    """
+    beats = app.config.get(BEATS_KEY)
+    if beats is None:
+        beats = app.config[BEATS_KEY] = service_heartbeats(service)
+        app.nursery.start_soon(beats.run)
+    assert isinstance(beats, Heartbeats)
+    return beats
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -265,7 +281,8 @@ def create_app() -> QuartTrio:
             response = error_response(refused.status, refused.error, refused.detail)
             response.headers.update(refused.headers())
             return response
-        session = AsgiSession(service, admission.params, ip=admission.ip)
+        beats = _heartbeats(app, service)
+        session = AsgiSession(service, admission.params, ip=admission.ip, beats=beats)
         try:
             await websocket.accept()
         except BaseException:

@@ -25,10 +25,9 @@ from wsproto.utilities import RemoteProtocolError
 
 from tickcast.errors import error_body
 from tickcast.service import Service
-from tickcast.transports.heartbeats import Heartbeats
+from tickcast.transports.heartbeats import service_heartbeats
 from tickcast.transports.intake import Refusal, admit
 from tickcast.transports.raw import RawSession
-from tickcast.transports.session import heartbeat_message
 from tickcast.web.hypercorn_bridge import HypercornHandler
 
 __all__ = ["PrefixedStream", "listen", "serve_frontdoor"]
@@ -138,9 +137,7 @@ class FrontDoor:
     def __init__(self, service: Service, app: Any) -> None:
         self.service = service
         self.http = HypercornHandler(app)
-        self.beats = Heartbeats(
-            service.config.heartbeat_s, lambda: heartbeat_message(service.history.latest_t)
-        )
+        self.beats = service_heartbeats(service)
 
     async def handle(self, sock: socket.socket, peer: str) -> None:
         """Serve one connection; its failure is logged and never reaches the listener."""
