@@ -272,6 +272,16 @@ async def test_stock_hypercorn_deployment(tmp_path: Path) -> None:
         assert body["count"] == 5
         r = await get(f"http://127.0.0.1:{port}/incremental?from_t=x")
         assert r.status_code == 400 and r.json()["error"] == "bad_request"
+        # Start-up's objects are frozen and GC pauses exported here too (steady_state).
+        with trio.fail_after(20):
+            while True:
+                text = (await get(f"http://127.0.0.1:{port}/metrics")).text
+                (line,) = [
+                    x for x in text.splitlines() if x.startswith("tickcast_gc_pause_seconds_count")
+                ]
+                if float(line.split()[1]) > 0:
+                    break
+                await trio.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         status = await wait_exit(proc, 10.0)

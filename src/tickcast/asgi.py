@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from tickcast.config import from_sources
-from tickcast.server import run_producer
+from tickcast.server import run_producer, steady_state
 from tickcast.web.app import attach, create_app
 from tickcast.web.lifespan import app_lifespan
 
@@ -38,9 +38,10 @@ async def _lifespan(receive: Any, send: Any) -> None:
             producer = await nursery.start(run_producer, config)
             async with app_lifespan(quart_app):
                 attach(quart_app, producer.service, producer=producer)
-                await send({"type": "lifespan.startup.complete"})
-                started = True
-                message = await receive()
+                with steady_state(producer.service):
+                    await send({"type": "lifespan.startup.complete"})
+                    started = True
+                    message = await receive()
                 attach(quart_app, None)
             nursery.cancel_scope.cancel()
     except Exception as exc:
