@@ -317,9 +317,6 @@ class StreamSession(Subscriber):
                 msg["truncated"] = True
         return encode_message(msg)
 
-    def heartbeat(self) -> bytes:
-        return heartbeat_message(self.service.history.latest_t)
-
     async def run(self) -> None:
         """Send hello, the start of the stream, then alternate catch-up and live.
 
