@@ -325,9 +325,7 @@ class RawSession(StreamSession):
             # A client that sends without reading our replies must not make them pile
             # up: read nothing more until the outbox is back under the high-water mark
             # (TCP then pushes back on the client's sends).
-            while self._out_bytes > self._high_water and self._broken is None:
-                self._room = trio.Event()
-                await self._room.wait()
+            await self._wait_for_room()
             await trio.lowlevel.wait_readable(self.sock)
             try:
                 data = self.sock.recv(RECV_BYTES)
@@ -354,11 +352,21 @@ class RawSession(StreamSession):
                         size = 0
                         self._write(message_frame(reply, self.wbits))
                         self.count(len(reply))
+                        # One read can hold thousands of small messages, each reply
+                        # larger than its message: answer the rest (wsproto keeps
+                        # them) only once the outbox has room again.
+                        await self._wait_for_room()
                 elif isinstance(event, Ping):
                     self._write(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
                     self._write(self.ws.send(event.response()))
                     raise ClientClosed(f"client closed ({event.code})")
+
+    async def _wait_for_room(self) -> None:
+        """Until the outbox is back under the high-water mark (or broken)."""
+        while self._out_bytes > self._high_water and self._broken is None:
+            self._room = trio.Event()
+            await self._room.wait()
 
     # -- closing ----------------------------------------------------------------------
 
