@@ -315,6 +315,17 @@ def create_app() -> QuartTrio:
         body = resources.files("tickcast").joinpath("web/static/dashboard.html").read_bytes()
         return Response(body, content_type="text/html; charset=utf-8")
 
+    favicon = resources.files("tickcast").joinpath("web/static/favicon.ico").read_bytes()
+
+    @app.get("/favicon.ico")
+    @page("image/x-icon", description="The dashboard's icon (served from the package).")
+    async def icon() -> Response:
+        """The icon browsers ask for."""
+        response = Response(favicon, content_type="image/x-icon")
+        response.cache_control.public = True
+        response.cache_control.max_age = 86400
+        return response
+
     @app.websocket("/ws/stream")
     async def stream() -> Response | None:
         service = _service(app)
