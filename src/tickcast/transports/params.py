@@ -172,7 +172,10 @@ def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
 
 def parse_page_params(query: Mapping[str, str]) -> PageParams:
     """Validate ``/incremental``'s query: no unknown parameter, then the start, the
-    end (``to_t`` may not be below ``from_t``), ``limit`` and ``fields``, in that order.
+    end, ``limit`` and ``fields``, in that order.
+
+    An end before the start is not an error (the schema cannot say so, and every
+    request it calls valid is answered): the page is empty.
 
     Raises:
         BadParam: naming the first unknown or invalid parameter.
@@ -181,8 +184,6 @@ def parse_page_params(query: Mapping[str, str]) -> PageParams:
     from_t, from_ts = start_params(query)
     to_t = int_param(query, "to_t", 0, None)
     to_ts = ts_param(query, "to_ts")
-    if to_t is not None and from_t is not None and to_t < from_t:
-        raise BadParam("to_t", f"must be >= from_t ({from_t}), got {to_t}")
     return PageParams(
         from_t=from_t,
         from_ts=from_ts,

@@ -80,7 +80,8 @@ class IncrementalQuery(msgspec.Struct):
             Meta(
                 ge=0,
                 description=(
-                    "The last t wanted (inclusive): the page stops there. Below `from_t`: 400."
+                    "The last t wanted (inclusive): the page stops there. Below the "
+                    "start: an empty page (`count: 0`)."
                 ),
             ),
         ]
