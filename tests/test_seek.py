@@ -16,7 +16,7 @@ import orjson
 import pytest
 import trio
 
-from conftest import Running, collect_ticks, make_config, recv_json, running
+from conftest import Running, Transport, collect_ticks, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
 from wsclient import RawClient, Rejected
 
@@ -165,8 +165,8 @@ async def test_incremental_to_t_and_to_ts_end_the_page_inclusive(tmp_path: Path)
             assert r.json()["detail"].startswith("to_t"), r.json()
 
 
-async def test_stream_from_t_and_from_ts_both_apply(tmp_path: Path) -> None:
-    async with running(seek_config(tmp_path)) as srv:
+async def test_stream_from_t_and_from_ts_both_apply(tmp_path: Path, transport: Transport) -> None:
+    async with running(seek_config(tmp_path), transport) as srv:
         with trio.fail_after(30):
             await ingest(srv, STAMPS)
         for from_t, x, expected in [
