@@ -9,7 +9,10 @@ DEV_STAMP := $(VENV)/.stamp-dev
 LOAD_STAMP := $(VENV)/.stamp-load
 BROWSER_STAMP := $(VENV)/.stamp-browser
 REDIS_STAMP := $(VENV)/.stamp-redis
-NPM_STAMP := $(VENV)/.stamp-npm
+# The official AsyncAPI 3.0.0 JSON Schema for tests/test_asyncapi.py (no PyPI package
+# ships it): fetched at install, so that the suite itself needs nothing from outside.
+ASYNCAPI_SPECS := @asyncapi/specs@6.11.1
+ASYNCAPI_SCHEMA := $(VENV)/share/asyncapi/3.0.0.json
 LINTED := src tests bench loadtest
 # Every install is constrained to the versions the suite last passed with (make lock).
 LOCK := constraints.txt
@@ -17,9 +20,11 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet -c $(LOCK)
 
 .PHONY: run test lock lint typecheck pytest loadtest bench bench-storage bench-fanout clean
 
+# pip and setuptools (the build backend: pyproject.toml pins the same version) come
+# from the lock too.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade -c $(LOCK) pip setuptools
 
 $(RUN_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 	$(PIP_INSTALL) -e .
@@ -38,10 +43,11 @@ $(LOAD_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 lock:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip setuptools
 	.venv-lock/bin/python -m pip install --quiet -e '.[dev,load]'
 	{ echo "# The exact versions make run / make test install (pip -c). Refresh on purpose with: make lock"; \
-	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	  echo "# (setuptools is also pinned in pyproject.toml's build-system: keep the two equal)"; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable; } > $(LOCK)
 	rm -rf .venv-lock
 
 # The dashboard test drives Debian's Chromium with Playwright (never a downloaded browser).
@@ -58,13 +64,16 @@ $(REDIS_STAMP): | $(BIN)/python
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 	touch $@
 
-# The AsyncAPI test fetches the official AsyncAPI JSON Schema once with npm (no PyPI
-# package ships it): Debian's npm.
-$(NPM_STAMP): | $(BIN)/python
+# Fetched with Debian's npm from the AsyncAPI initiative's own package (Apache-2.0).
+$(ASYNCAPI_SCHEMA): | $(BIN)/python
 	@command -v npm >/dev/null || { \
-		echo "installing Debian's npm for the AsyncAPI test"; \
+		echo "installing Debian's npm to fetch the AsyncAPI JSON Schema"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
-	touch $@
+	rm -rf $(@D)/tmp && mkdir -p $(@D)/tmp
+	cd $(@D)/tmp && npm pack --silent $(ASYNCAPI_SPECS) >/dev/null
+	tar -xzf $(@D)/tmp/*.tgz -C $(@D)/tmp package/schemas/3.0.0.json
+	mv $(@D)/tmp/package/schemas/3.0.0.json $@
+	rm -rf $(@D)/tmp
 
 run: $(RUN_STAMP)
 	$(BIN)/tickcast serve $(ARGS)
@@ -77,7 +86,7 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(DEV_STAMP) $(BROWSER_STAMP) $(REDIS_STAMP) $(NPM_STAMP)
+pytest: $(DEV_STAMP) $(BROWSER_STAMP) $(REDIS_STAMP) $(ASYNCAPI_SCHEMA)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

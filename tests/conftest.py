@@ -193,14 +193,19 @@ class Proc(_Addresses):
         return self.log.read_text(errors="replace")
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_ready(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0, *, first_tick: bool = True
+) -> None:
+    """Poll ``/health`` until it answers (and, with ``first_tick``, has a tick)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited early with {proc.returncode}")
         try:
             r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0)
-            if r.status_code in (200, 503) and r.json().get("latest_t") is not None:
+            if r.status_code in (200, 503) and (
+                r.json().get("latest_t") is not None or not first_tick
+            ):
                 return
         except httpx.HTTPError:
             pass
@@ -216,8 +221,13 @@ def tickcast_process(
     env: dict[str, str] | None = None,
     name: str = "server",
     port: int | None = None,
+    first_tick: bool = True,
 ) -> Iterator[Proc]:
-    """``tickcast serve`` as a subprocess; killed at the end if still running."""
+    """``tickcast serve`` as a subprocess; killed at the end if still running.
+
+    Ready once it has a tick; without ``first_tick`` (an ingest source, which has
+    none until fed) once ``/health`` answers.
+    """
     port = port or free_port()
     data = data_dir or tmp_path / "segments"
     log = tmp_path / f"{name}-{port}.log"
@@ -243,7 +253,7 @@ def tickcast_process(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path
         )
     try:
-        wait_ready(port, proc)
+        wait_ready(port, proc, first_tick=first_tick)
         yield Proc(proc, port, data, log)
     finally:
         if proc.poll() is None:

@@ -1,18 +1,17 @@
 """``/asyncapi.json`` (SPEC §4): valid AsyncAPI 3.0, and true to what the server sends.
 
 The document is checked against the official AsyncAPI 3.0.0 JSON Schema. No PyPI
-package ships it, so it comes from the npm package that the AsyncAPI initiative
-publishes it in (``@asyncapi/specs``, pinned below), fetched once with ``npm pack``
-into pytest's cache directory (git-ignored). Then real messages from a running
-server are validated against the document's own message schemas.
+package ships it, so the Makefile's install step fetches it from the npm package
+that the AsyncAPI initiative publishes it in (``@asyncapi/specs``, pinned there)
+into the venv, as it installs Chromium and redis-server: the test itself needs
+nothing from outside. Then real messages from a running server are validated
+against the document's own message schemas.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tarfile
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,36 +24,20 @@ from conftest import ws_connect as open_websocket_url
 from tickcast.transports.session import CloseCode
 from tickcast.web import asyncapi
 
-SPECS_PACKAGE = "@asyncapi/specs@6.11.1"  # the AsyncAPI initiative's schemas, Apache-2.0
-SCHEMA_IN_PACKAGE = "package/schemas/3.0.0.json"
+# Where the Makefile puts it (ASYNCAPI_SCHEMA), in the venv running the suite.
+SCHEMA_FILE = Path(sys.prefix) / "share" / "asyncapi" / "3.0.0.json"
 
 
 @pytest.fixture(scope="session")
-def asyncapi_3_schema(
-    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
+def asyncapi_3_schema() -> dict[str, Any]:
     """The official AsyncAPI 3.0.0 JSON Schema (draft-07), from ``@asyncapi/specs``."""
-    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
-    folder = cache.mkdir("asyncapi-specs") if cache else tmp_path_factory.mktemp("asyncapi")
-    target = folder / SPECS_PACKAGE.replace("/", "+") / "3.0.0.json"
-    if not target.exists():
-        npm = shutil.which("npm")
-        assert npm, "npm is needed once to fetch the AsyncAPI JSON Schema (apt-get install npm)"
-        out = subprocess.run(
-            [npm, "pack", SPECS_PACKAGE, "--pack-destination", str(folder), "--json"],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        tgz = folder / json.loads(out.stdout)[0]["filename"]
-        with tarfile.open(tgz) as tar:
-            member = tar.extractfile(SCHEMA_IN_PACKAGE)
-            assert member is not None
-            target.parent.mkdir(exist_ok=True)
-            target.write_bytes(member.read())
-        tgz.unlink()
-    schema = json.loads(target.read_text())
+    assert SCHEMA_FILE.is_file(), (
+        f"the AsyncAPI 3.0.0 JSON Schema is missing: {SCHEMA_FILE} "
+        "(make test fetches it; or run: make .venv/share/asyncapi/3.0.0.json)"
+    )
+    schema = json.loads(SCHEMA_FILE.read_text())
     assert isinstance(schema, dict)
+    assert schema["$id"] == "http://asyncapi.com/definitions/3.0.0/asyncapi.json", schema["$id"]
     return schema
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-import time
-
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from conftest import Running
 from wsclient import RawClient, Rejected
@@ -24,25 +22,24 @@ async def test_405_is_json_and_carries_allow(server: Running) -> None:
 @pytest.mark.parametrize("path", ["/ingest", "/health"])
 async def test_keep_alive_survives_an_answer_before_the_body(server: Running, path: str) -> None:
     # A body that arrives after the answer (409 / 405) once left the connection dead:
-    # the next request on it was never answered (see tickcast.web.keepalive).
-    def exchange() -> list[bytes]:
-        lines = []
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # the next request on it was never answered (see tickcast.web.keepalive). The
+    # server runs in this trio run: once every task is blocked, it has either
+    # answered the head already (the path of that bug) or is waiting for the body.
+    lines = []
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
             for _ in range(3):
                 head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"
-                sock.sendall(head.encode())
-                time.sleep(0.05)  # let the server answer before the body (it did, before the fix)
-                sock.sendall(b"[]")
+                await stream.send_all(head.encode())
+                await trio.testing.wait_all_tasks_blocked()
+                await stream.send_all(b"[]")
                 data = b""
                 while b"}" not in data:
-                    chunk = sock.recv(4096)
+                    chunk = await stream.receive_some(4096)
                     assert chunk, "the server closed the connection"
                     data += chunk
                 lines.append(data.split(b"\r\n")[0])
-        return lines
-
-    lines = await trio.to_thread.run_sync(exchange)
     assert len(lines) == 3
     assert all(line.split()[1] in (b"405", b"409") for line in lines)
 

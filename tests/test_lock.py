@@ -33,17 +33,38 @@ def test_every_declared_dependency_is_locked() -> None:
     assert not missing, f"declared but not in constraints.txt (run make lock): {missing}"
 
 
-def test_installed_versions_match_the_lock() -> None:
+def _frozen() -> dict[str, str]:
+    """Every package in this venv (pip and setuptools included), as ``pip freeze`` says."""
     frozen = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+        [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    locked = _locked()
-    differ = []
+    out = {}
     for line in frozen.splitlines():
         name, sep, ver = line.partition("==")
-        if sep and _name(name) in locked and locked[_name(name)] != ver:
-            differ.append(f"{name} {ver} installed, {locked[_name(name)]} locked")
-    assert not differ, "the venv is not the locked one:\n" + "\n".join(differ)
+        assert sep, f"not installed from a release, so not lockable: {line}"
+        out[_name(name)] = ver
+    return out
+
+
+def test_installed_versions_match_the_lock() -> None:
+    # The whole venv, not only what pyproject.toml names: a dependency's dependency
+    # missing from the lock would float to whatever is newest on the next install.
+    locked = _locked()
+    differ = [
+        f"{name} {ver} installed, {locked.get(name, 'not')} locked"
+        for name, ver in sorted(_frozen().items())
+        if locked.get(name) != ver
+    ]
+    assert not differ, "the venv is not the locked one (make lock):\n" + "\n".join(differ)
+
+
+def test_pip_and_the_build_backend_are_pinned() -> None:
+    locked = _locked()
+    assert {"pip", "setuptools"} <= set(locked)
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    assert build["requires"] == [f"setuptools=={locked['setuptools']}"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet --upgrade -c $(LOCK) pip setuptools" in makefile

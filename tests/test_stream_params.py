@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from tickcast.transports.params import BadParam, StreamParams, parse_stream_params
+from tickcast.transports.params import BadParam, StreamParams, parse_stream_params, start_t
 from tickcast.transports.session import client_reply
 
 # -- parse_stream_params --------------------------------------------------------------
@@ -178,11 +178,25 @@ def test_bad_from_ts(raw: str) -> None:
     assert info.value.param == "from_ts"
 
 
-def test_from_t_and_from_ts_together_are_refused() -> None:
-    with pytest.raises(BadParam, match="not both") as info:
-        parse_stream_params({"from_t": "5", "from_ts": "1000.5"})
-    assert info.value.param == "from_ts"
+def test_from_t_and_from_ts_together_are_both_kept() -> None:
+    p = parse_stream_params({"from_t": "5", "from_ts": "1000.5"})
+    assert (p.from_t, p.from_ts) == (5, 1000.5)
     # A bad from_t is still reported first (checks run in order).
     with pytest.raises(BadParam) as info:
         parse_stream_params({"from_t": "x", "from_ts": "1000.5"})
     assert info.value.param == "from_t"
+
+
+@pytest.mark.parametrize(
+    ("from_t", "seek_t", "start"),
+    [(None, None, None), (5, None, 5), (None, 7, 7), (5, 7, 7), (9, 7, 9), (0, 0, 0)],
+)
+def test_start_t_is_the_later_bound(from_t: int | None, seek_t: int | None, start: int) -> None:
+    assert start_t(from_t, seek_t) == start
+
+
+@pytest.mark.parametrize("name", ["to_t", "limit", "lmit", "Batch", ""])
+def test_an_unknown_stream_parameter_is_refused(name: str) -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"from_t": "1", name: "3"})
+    assert info.value.param == name

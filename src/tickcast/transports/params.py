@@ -1,30 +1,41 @@
-"""Query parameters of ``/ws/stream`` and ``/incremental`` (plain Python).
+"""Query parameters of the HTTP routes and ``/ws/stream`` (plain Python).
 
-Every invalid value raises :class:`BadParam` naming the parameter; the caller turns
-it into HTTP 400 with a JSON body (before any WebSocket upgrade).
+Every invalid value, and every parameter a route does not take (a typo such as
+``lmit`` is never dropped silently), raises :class:`BadParam` naming the parameter;
+the caller turns it into HTTP 400 with a JSON body (before any WebSocket upgrade).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from tickcast.tick import Fields, parse_fields
 
 __all__ = [
     "MAX_BATCH",
+    "PAGE_PARAMS",
+    "STREAM_PARAMS",
     "BadParam",
+    "PageParams",
     "StreamParams",
     "fields_param",
     "int_param",
+    "parse_page_params",
     "parse_stream_params",
+    "reject_unknown",
     "start_params",
+    "start_t",
     "ts_param",
 ]
 
 MAX_BATCH = 1000  # ticks per batch message, at most
+# The query parameters /ws/stream takes (``token``: the read token, for browsers).
+STREAM_PARAMS = frozenset({"from_t", "from_ts", "fields", "batch", "token"})
+# The query parameters /incremental takes.
+PAGE_PARAMS = frozenset({"from_t", "from_ts", "to_t", "to_ts", "limit", "fields", "token"})
 
 _DIGITS = re.compile(r"-?[0-9]+\Z")
 _DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
@@ -42,9 +53,36 @@ class BadParam(ValueError):
 @dataclass(frozen=True, slots=True)
 class StreamParams:
     from_t: int | None = None
-    from_ts: float | None = None  # unix seconds; never set together with from_t
+    from_ts: float | None = None  # unix seconds; with from_t too, both bounds apply
     fields: Fields = None
     batch: int = 1
+
+
+def reject_unknown(query: Iterable[str], known: Collection[str]) -> None:
+    """Refuse a query that carries a parameter not in ``known``.
+
+    Every route calls this with the names it takes, so that a typo (``lmit``) or a
+    parameter it does not have is answered 400 instead of being ignored.
+
+    Raises:
+        BadParam: naming the first unknown parameter, and listing the known ones.
+    """
+    for name in query:
+        if name not in known:
+            takes = ", ".join(sorted(known)) if known else "no query parameters"
+            raise BadParam(name, f"unknown parameter (this path takes {takes})")
+
+
+@dataclass(frozen=True, slots=True)
+class PageParams:
+    """``/incremental``'s query: the range (each bound optional) and the page size."""
+
+    from_t: int | None = None
+    from_ts: float | None = None
+    to_t: int | None = None  # the last t of the page, inclusive
+    to_ts: float | None = None  # the page ends at the last tick with ts <= to_ts
+    limit: int | None = None  # as given (the route applies its default and cap)
+    fields: Fields = None
 
 
 def int_param(query: Mapping[str, str], name: str, lo: int, hi: int | None) -> int | None:
@@ -86,16 +124,23 @@ def ts_param(query: Mapping[str, str], name: str) -> float | None:
 
 
 def start_params(query: Mapping[str, str]) -> tuple[int | None, float | None]:
-    """``(from_t, from_ts)``: where a page or stream starts; at most one is given.
+    """``(from_t, from_ts)``: where a page or stream starts (either, both or neither).
+
+    Given both, both bounds apply: the start is the first tick with ``t >= from_t``
+    and ``ts >= from_ts`` (see :func:`start_t`).
 
     Raises:
-        BadParam: an invalid value, or both given.
+        BadParam: an invalid value.
     """
-    from_t = int_param(query, "from_t", 0, None)
-    from_ts = ts_param(query, "from_ts")
-    if from_t is not None and from_ts is not None:
-        raise BadParam("from_ts", "give from_t or from_ts, not both")
-    return from_t, from_ts
+    return int_param(query, "from_t", 0, None), ts_param(query, "from_ts")
+
+
+def start_t(from_t: int | None, seek_t: int | None) -> int | None:
+    """Where a page or stream starts, given ``from_t`` and the ``t`` a ``from_ts`` seek
+    found (None when that parameter is absent): the later of the two bounds."""
+    if seek_t is None:
+        return from_t
+    return seek_t if from_t is None else max(from_t, seek_t)
 
 
 def fields_param(query: Mapping[str, str]) -> Fields:
@@ -111,13 +156,39 @@ def fields_param(query: Mapping[str, str]) -> Fields:
 
 
 def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
-    """Validate ``from_t`` / ``from_ts``, ``batch`` and ``fields``, in that order.
+    """Validate ``/ws/stream``'s query: no unknown parameter, then ``from_t`` /
+    ``from_ts``, ``batch`` and ``fields``, in that order.
 
     Raises:
-        BadParam: naming the first invalid parameter.
+        BadParam: naming the first unknown or invalid parameter.
     """
+    reject_unknown(query, STREAM_PARAMS)
     from_t, from_ts = start_params(query)
     batch = int_param(query, "batch", 1, MAX_BATCH)
     return StreamParams(
         from_t=from_t, from_ts=from_ts, fields=fields_param(query), batch=batch or 1
+    )
+
+
+def parse_page_params(query: Mapping[str, str]) -> PageParams:
+    """Validate ``/incremental``'s query: no unknown parameter, then the start, the
+    end, ``limit`` and ``fields``, in that order.
+
+    An end before the start is not an error (the schema cannot say so, and every
+    request it calls valid is answered): the page is empty.
+
+    Raises:
+        BadParam: naming the first unknown or invalid parameter.
+    """
+    reject_unknown(query, PAGE_PARAMS)
+    from_t, from_ts = start_params(query)
+    to_t = int_param(query, "to_t", 0, None)
+    to_ts = ts_param(query, "to_ts")
+    return PageParams(
+        from_t=from_t,
+        from_ts=from_ts,
+        to_t=to_t,
+        to_ts=to_ts,
+        limit=int_param(query, "limit", 1, None),
+        fields=fields_param(query),
     )

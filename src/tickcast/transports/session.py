@@ -34,7 +34,7 @@ from tickcast import __version__
 from tickcast.errors import CorruptRecordError, ProtocolError
 from tickcast.fanout.hub import Subscriber
 from tickcast.tick import EncodedTick, batch_message, encode_message
-from tickcast.transports.params import StreamParams
+from tickcast.transports.params import StreamParams, start_t
 
 if TYPE_CHECKING:
     from tickcast.service import Service
@@ -312,7 +312,8 @@ class StreamSession(Subscriber):
         if from_t is not None and oldest is not None:
             # from_t: ticks from_t .. oldest_t - 1 are gone. from_ts: the seek landed on
             # oldest_t and retention has deleted ticks before it, which may have matched.
-            by_time = self.params.from_ts is not None
+            # With from_t too, only if from_t itself reached below oldest_t.
+            by_time = self.params.from_ts is not None and (self.params.from_t or 0) < oldest
             if from_t < oldest or (by_time and from_t == oldest > 0):
                 msg["truncated"] = True
         return encode_message(msg)
@@ -329,7 +330,8 @@ class StreamSession(Subscriber):
         history = self.service.history
         hub = self.service.hub
         if self.params.from_ts is not None:  # resolve to a t (<= latest_t + 1), then as from_t
-            self.from_t = await history.find_ts(self.params.from_ts)
+            found = await history.find_ts(self.params.from_ts)
+            self.from_t = start_t(self.params.from_t, found)  # with from_t: both bounds
         # Decide the start and build the hello in one step (no await between), so the
         # hello's oldest_t / latest_t / truncated describe exactly what follows.
         hello = self.hello()

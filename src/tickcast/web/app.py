@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 from importlib import resources
 from typing import Annotated, Any
 
@@ -35,9 +36,18 @@ from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.heartbeats import Heartbeats, service_heartbeats
 from tickcast.transports.intake import Refusal, admit, authorize
-from tickcast.transports.params import BadParam, fields_param, int_param, start_params
+from tickcast.transports.params import PAGE_PARAMS, BadParam, parse_page_params, reject_unknown
+from tickcast.transports.params import start_t as page_start
 from tickcast.web import apidocs, keepalive, openapi, schemas
-from tickcast.web.openapi import INGEST_ACCESS, READ_ACCESS, answers, json_body, page
+from tickcast.web.openapi import (
+    INGEST_ACCESS,
+    READ_ACCESS,
+    answers,
+    json_body,
+    page,
+    query_names,
+    takes_query,
+)
 
 __all__ = ["attach", "create_app"]
 
@@ -57,10 +67,38 @@ class IncrementalQuery(msgspec.Struct):
         int,
         Meta(
             ge=0,
-            description="The first t wanted; the page starts at max(from_t, oldest_t).",
+            description=(
+                "The first t wanted; the page starts at max(from_t, oldest_t). With "
+                "`from_ts` too, both bounds apply."
+            ),
         ),
     ] = 0
     from_ts: schemas.FromTs | UnsetType = UNSET
+    to_t: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                description=(
+                    "The last t wanted (inclusive): the page stops there. Below the "
+                    "start: an empty page (`count: 0`)."
+                ),
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    to_ts: (
+        Annotated[
+            float,
+            Meta(
+                ge=0,
+                description=(
+                    "The page stops at the last tick with `ts <= to_ts` (unix seconds, inclusive)."
+                ),
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     limit: Annotated[
         int,
         Meta(
@@ -160,6 +198,12 @@ def create_app() -> QuartTrio:
     keepalive.install(app)
     app.register_blueprint(apidocs.blueprint)
 
+    @app.before_request
+    async def known_query() -> None:
+        """Refuse a query parameter the route does not take (400 naming it)."""
+        if request.routing_exception is None and request.endpoint is not None:
+            reject_unknown(request.args, query_names(app.view_functions[request.endpoint]))
+
     @app.errorhandler(BadParam)
     async def bad_param(exc: BadParam) -> Response:
         return error_response(400, "bad_request", str(exc))
@@ -222,23 +266,30 @@ def create_app() -> QuartTrio:
     @document_response(IncrementalResponse, 200)
     @answers(400, 401, 503)
     @security_scheme(READ_ACCESS)
+    @takes_query(*PAGE_PARAMS)
     async def incremental() -> Response:
         """Up to ``limit`` (max 10000) consecutive ticks from ``max(from_t, oldest_t)``.
 
-        With ``from_ts`` instead of ``from_t``: from the first tick whose ``ts >= from_ts``.
+        With ``from_ts``: from the first tick whose ``ts >= from_ts`` (with ``from_t``
+        too, the first that meets both). The page stops at ``to_t`` and at the last
+        tick whose ``ts <= to_ts`` (both inclusive).
         """
         service = _service(app)
         _authorize(service)
-        from_t, from_ts = start_params(request.args)
-        limit = int_param(request.args, "limit", 1, None)
-        limit = 1000 if limit is None else min(limit, MAX_LIMIT)
-        fields = fields_param(request.args)
+        query = parse_page_params(request.args)
+        limit = 1000 if query.limit is None else min(query.limit, MAX_LIMIT)
         history = service.history
-        if from_ts is not None:
-            from_t = await history.find_ts(from_ts)
-        from_t = 0 if from_t is None else from_t
-        latest = history.latest_t
-        ticks = await history.read(from_t, limit, upto=latest)
+        seek = None if query.from_ts is None else await history.find_ts(query.from_ts)
+        from_t = page_start(query.from_t, seek) or 0
+        latest = upto = history.latest_t
+        if upto is not None and query.to_t is not None:
+            upto = min(upto, query.to_t)
+        if upto is not None and query.to_ts is not None:
+            # The first tick with ts > to_ts, less one: the last with ts <= to_ts.
+            after = await history.find_ts(math.nextafter(query.to_ts, math.inf))
+            upto = min(upto, after - 1)
+        fields = query.fields
+        ticks = await history.read(from_t, limit, upto=upto)
         oldest = history.oldest_t
         start = ticks[0].t if ticks else max(from_t, oldest if oldest is not None else 0)
         head = msgspec.json.encode(
@@ -258,11 +309,23 @@ def create_app() -> QuartTrio:
     @page("text/html", description="The dashboard page.")
     @answers(401)
     @security_scheme(READ_ACCESS)
+    @takes_query("token")
     async def dashboard() -> Response:
         """The live dashboard."""
         _authorize(_service(app))
         body = resources.files("tickcast").joinpath("web/static/dashboard.html").read_bytes()
         return Response(body, content_type="text/html; charset=utf-8")
+
+    favicon = resources.files("tickcast").joinpath("web/static/favicon.ico").read_bytes()
+
+    @app.get("/favicon.ico")
+    @page("image/x-icon", description="The dashboard's icon (served from the package).")
+    async def icon() -> Response:
+        """The icon browsers ask for."""
+        response = Response(favicon, content_type="image/x-icon")
+        response.cache_control.public = True
+        response.cache_control.max_age = 86400
+        return response
 
     @app.websocket("/ws/stream")
     async def stream() -> Response | None:

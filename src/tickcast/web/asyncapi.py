@@ -66,7 +66,8 @@ CLOSE_CODES: dict[CloseCode, tuple[str, str]] = {
 REFUSALS: dict[int, tuple[str, str]] = {
     400: (
         "bad_request",
-        "A query parameter is invalid (checked in the order from_t, batch, fields).",
+        "A query parameter is unknown (`detail` names it), or invalid (checked in the "
+        "order from_t, from_ts, batch, fields).",
     ),
     401: ("unauthorized", "With `read_token` set: the token is missing or wrong."),
     429: (

@@ -9,6 +9,9 @@ quart-schema cannot say, declared with the decorators below:
   handler can answer it anywhere);
 * :func:`page`: a 200 body that is not JSON (``text/html``, ``text/plain``...);
 * :func:`json_body`: a request body whose schema is not one Struct;
+* :func:`takes_query`: the query parameters a route takes; any other is answered
+  400 naming it (``app.py`` checks every request against this list), so every
+  route documents 400;
 * the security schemes (the read token, the ingest token), ``/openapi.json``
   itself, and the statuses any path can give (404, 405 with ``Allow``).
 
@@ -40,6 +43,8 @@ __all__ = [
     "install",
     "json_body",
     "page",
+    "query_names",
+    "takes_query",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,6 +54,7 @@ _LITERAL = re.compile(r"``([^`]+)``")
 _ANSWERS = "_tickcast_answers"
 _PAGE = "_tickcast_page"
 _BODY = "_tickcast_body"
+_QUERY = "_tickcast_query"
 
 
 class ErrorResponse(msgspec.Struct):
@@ -61,7 +67,7 @@ class ErrorResponse(msgspec.Struct):
 # What each error status means here, with a body the server really sends.
 ERRORS: dict[int, tuple[str, dict[str, str]]] = {
     400: (
-        "A query parameter or the body is invalid; `detail` names it.",
+        "A query parameter is unknown or invalid, or the body is; `detail` names it.",
         {"error": "bad_request", "detail": "from_t: must be >= 0, got -1"},
     ),
     401: (
@@ -125,6 +131,8 @@ The HTTP side of tickcast, a live market-data feed (SPEC §4).
 * Every error response is JSON: `{{"error": "<code>", "detail": "<sentence>"}}`.
 * A path not listed here answers 404; a method a path does not take answers 405
   with an `Allow` header.
+* A query parameter a path does not list is answered 400 naming it (a typo such
+  as `lmit` is never ignored); a path that lists none takes none.
 * `/incremental` caps `limit` at 10000 without an error.
 * With `read_token` set, `/incremental`, `/` and `/ws/stream` need it
   (`Authorization: Bearer` or `?token=`); `/health` and `/metrics` stay open.
@@ -164,6 +172,26 @@ def json_body(type_: Any, description: str) -> Callable[[F], F]:
         return func
 
     return decorator
+
+
+def takes_query(*names: str) -> Callable[[F], F]:
+    """Declare the query parameters the route takes; a request with any other gets 400.
+
+    Without this decorator a route takes none. The names must be the ones its
+    OpenAPI operation lists (``tests/test_openapi.py`` holds the two together).
+    """
+
+    def decorator(func: F) -> F:
+        setattr(func, _QUERY, frozenset(names))
+        return func
+
+    return decorator
+
+
+def query_names(func: Callable[..., Any]) -> frozenset[str]:
+    """The query parameters ``func`` (a view function) takes: see :func:`takes_query`."""
+    names: frozenset[str] = getattr(func, _QUERY, frozenset())
+    return names
 
 
 # -- building -----------------------------------------------------------------------------
@@ -230,6 +258,7 @@ def _openapi_json_path() -> dict[str, Any]:
                     "description": "The OpenAPI description of the HTTP API.",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
+                "400": error_response(400),
                 "500": error_response(500),
             },
         }
@@ -275,7 +304,8 @@ class Provider(OpenAPIProvider):
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
         paths, components = super().build_paths(rule)
         func = self._app.view_functions[rule.endpoint]
-        statuses: tuple[int, ...] = (*getattr(func, _ANSWERS, ()), 500)
+        # 400 everywhere: an unknown query parameter is refused on every route.
+        statuses: tuple[int, ...] = (*getattr(func, _ANSWERS, ()), 400, 500)
         page_doc: tuple[tuple[str, ...], str] | None = getattr(func, _PAGE, None)
         body: tuple[Any, str] | None = getattr(func, _BODY, None)
         request_body: dict[str, Any] | None = None

@@ -59,7 +59,8 @@ FromTs = Annotated[
         ge=0,
         description=(
             "Start at the first tick with `ts >= from_ts` (unix seconds). "
-            "Instead of `from_t`: giving both is a 400."
+            "With `from_t` too, both bounds apply: the first tick with `t >= from_t` "
+            "and `ts >= from_ts`."
         ),
     ),
 ]
