@@ -5,7 +5,7 @@ Invariants:
 * A tick is encoded to JSON bytes exactly once (:meth:`EncodedTick.from_dict`);
   the segment line, the ring entry, ``/incremental``'s element and every
   WebSocket message are those bytes.
-* A field selection (SPEC §3 ``fields``) is computed at most once per tick per
+* A field selection (the stream's ``fields``) is computed at most once per tick per
   field set and cached on the tick, never once per client.
 * Keys keep the order ``type, t, ts, s, agents, actions, matches``.
 """
@@ -104,7 +104,7 @@ class EncodedTick:
 
     @classmethod
     def from_dict(cls, tick: dict[str, Any]) -> EncodedTick:
-        """Encode a tick dict (keys already in SPEC order)."""
+        """Encode a tick dict (keys already in wire order: ``type, t, ts, s, agents, ...``)."""
         return cls(int(tick["t"]), float(tick["ts"]), _exact(orjson.dumps(tick)))
 
     @classmethod
@@ -122,8 +122,8 @@ class EncodedTick:
     def from_stored(cls, raw: bytes, t: int | None = None) -> EncodedTick:
         """Wrap a stored record, reading ``t`` and ``ts`` off its head (no full parse).
 
-        Ticks are stored with ``type, t, ts`` first (SPEC §2); anything else falls
-        back to a full parse.
+        Ticks are stored with ``type, t, ts`` first (the wire order, docs/protocol.md);
+        anything else falls back to a full parse.
         """
         head = read_head(raw)
         if head is None:

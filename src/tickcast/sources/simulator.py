@@ -96,7 +96,7 @@ class _Order:
 
 
 class Market:
-    """A deterministic agent market producing one SPEC §2 tick per :meth:`step`.
+    """A deterministic agent market producing one tick (docs/protocol.md, "tick") per :meth:`step`.
 
     Args:
         agents: number of agents (ids ``0 .. agents-1``); the tick size grows linearly.

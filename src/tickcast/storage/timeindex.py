@@ -1,6 +1,6 @@
 """Seeking by time: which ``t`` a ``from_ts`` starts at (plain Python, no trio).
 
-What the search returns (SPEC §4 "Seeking by time"; docs/storage.md "Seeking by
+What the search returns (docs/protocol.md "Seeking by time"; docs/storage.md "Seeking by
 time"). Over a range of ticks ``lo .. hi-1`` and with ``p(t) = ts(t) >= x``,
 :func:`lower_bound` returns the one ``r`` in ``lo .. hi`` that its probes lead to,
 and it always satisfies:
