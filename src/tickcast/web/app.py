@@ -30,7 +30,7 @@ from tickcast.errors import CorruptRecordError, StoreError, error_body
 from tickcast.metrics import CONTENT_TYPE
 from tickcast.producer import Producer
 from tickcast.service import Service
-from tickcast.sources.ingest import MAX_INGEST_BYTES, build_tick
+from tickcast.sources.ingest import MAX_INGEST_BYTES, tick_content
 from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.heartbeats import Heartbeats, service_heartbeats
@@ -291,8 +291,6 @@ def create_app() -> QuartTrio:
         await session.serve()  # releases the slot itself
         return None
 
-    numbering = trio.Lock()  # one ingest request at a time assigns t: t stays consecutive
-
     @app.post("/ingest")
     @json_body(schemas.TickContent | list[schemas.TickContent], "One tick's content, or a list.")
     @document_response(IngestResponse, 200)
@@ -318,22 +316,21 @@ def create_app() -> QuartTrio:
         except orjson.JSONDecodeError:
             return error_response(400, "bad_request", "body is not JSON")
         items = payload if isinstance(payload, list) else [payload]
-        log_ = producer.log
-        async with numbering:
-            t0 = log_.next_t
-            try:
-                ticks = [build_tick(t0 + i, c) for i, c in enumerate(items)]
-            except ValueError as exc:
-                return error_response(400, "bad_request", str(exc))
-            try:
-                for tick in ticks:
-                    await producer.produce(EncodedTick.from_dict(tick))
-                    await trio.lowlevel.checkpoint()  # produce() may not yield: a long list
-                if ticks:  # answer once they are written and published
-                    await service.wait_for_t(ticks[-1]["t"])
-            except StoreError as exc:
-                return error_response(503, "unavailable", str(exc))
-        out = {"accepted": len(ticks), "first_t": t0, "latest_t": service.history.latest_t}
+        try:
+            contents = [tick_content(c) for c in items]  # all checked before any is numbered
+        except ValueError as exc:
+            return error_response(400, "bad_request", str(exc))
+        ticks: list[EncodedTick] = []
+        try:
+            for content in contents:
+                ticks.append(await producer.produce(content))  # numbered there, in turn
+                await trio.lowlevel.checkpoint()  # produce() may not yield: a long list
+            if ticks:  # answer once they are written and published
+                await service.wait_for_t(ticks[-1].t)
+        except StoreError as exc:
+            return error_response(503, "unavailable", str(exc))
+        first_t = ticks[0].t if ticks else producer.next_t
+        out = {"accepted": len(ticks), "first_t": first_t, "latest_t": service.history.latest_t}
         return Response(msgspec.json.encode(out), content_type="application/json")
 
     return app
