@@ -38,6 +38,9 @@ class Service:
     metrics: Metrics
     started_at: float = field(default_factory=time.monotonic)
     failures: dict[str, str] = field(default_factory=dict)
+    # Why streams cannot start yet, set by the role: an edge until it knows which
+    # epoch it serves (the first tick of the stream). None: ready.
+    waiting: str | None = None
 
     @classmethod
     def create(cls, config: Config, history: History) -> Service:
@@ -72,11 +75,8 @@ class Service:
             log.info("%s recovered", component)
 
     def unavailable(self) -> str | None:
-        """Why streams cannot start now (an edge not yet fed), or None."""
-        if self.history.ready:
-            return None
-        _, reasons = self.history.health()
-        return "; ".join(reasons) or "not ready"
+        """Why streams cannot start now (:attr:`waiting`: an edge not yet fed), or None."""
+        return self.waiting
 
     def health(self) -> tuple[bool, list[str]]:
         ok, reasons = self.history.health()
