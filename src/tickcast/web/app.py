@@ -1,8 +1,10 @@
 """The Quart-Trio app: routes only (SPEC §4), plus ``/ws/stream`` over ASGI.
 
 The app owns no tasks: the service (history, hub, source, writer) lives in the
-nursery of ``server.py`` or of the ASGI lifespan (``asgi.py``), and is attached
-with :func:`attach`. Every error response is JSON ``{"error", "detail"}``.
+nursery of ``assembly.py``, which attaches it (:meth:`TickcastApp.attach`) for
+as long as it runs. Routes reach it through one typed accessor,
+:meth:`TickcastApp.mounted`, which answers 503 ``unavailable`` while nothing is
+attached. Every error response is JSON ``{"error", "detail"}``.
 
 ``/ws/stream`` here is the portable transport for a stock ``hypercorn`` deployment
 (``transports.asgi``); ``tickcast serve`` answers it on its raw fast path instead
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
@@ -21,7 +24,7 @@ import msgspec
 import orjson
 import trio
 from msgspec import UNSET, Meta, UnsetType
-from quart import Quart, Response, request, websocket
+from quart import Response, request, websocket
 from quart_schema import document_querystring, document_response, security_scheme
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -39,13 +42,10 @@ from tickcast.transports.params import BadParam, fields_param, int_param, start_
 from tickcast.web import apidocs, keepalive, openapi, schemas
 from tickcast.web.openapi import INGEST_ACCESS, READ_ACCESS, answers, json_body, page
 
-__all__ = ["attach", "create_app"]
+__all__ = ["Mount", "TickcastApp", "create_app"]
 
 log = logging.getLogger("tickcast.app")
 
-SERVICE_KEY = "TICKCAST_SERVICE"
-PRODUCER_KEY = "TICKCAST_PRODUCER"
-BEATS_KEY = "TICKCAST_HEARTBEATS"  # the stream sessions' heartbeat timer, once started
 MAX_LIMIT = 10_000
 
 
@@ -109,16 +109,8 @@ def error_response(status: int, error: str, detail: str) -> Response:
     return Response(error_body(error, detail), status=status, content_type="application/json")
 
 
-def _service(app: Quart) -> Service:
-    service = app.config.get(SERVICE_KEY)
-    if service is None:
-        raise _Unavailable
-    assert isinstance(service, Service)
-    return service
-
-
 class _Unavailable(Exception):
-    pass
+    """No service is attached (starting or stopping): 503 ``unavailable``."""
 
 
 def _authorize(service: Service) -> None:
@@ -127,35 +119,58 @@ def _authorize(service: Service) -> None:
     authorize(service.config.read_token, request.args, authorization=auth)
 
 
-def attach(app: Quart, service: Service | None, *, producer: Producer | None = None) -> None:
-    """Give the app its running service (None detaches it).
+@dataclass(frozen=True, eq=False)
+class Mount:
+    """What the routes serve: the running service, and its producer if it has one.
 
-    ``producer`` is the service's producer role, if it has one (``POST /ingest``).
+    ``producer`` is None on an edge; ``POST /ingest`` appends through it.
     """
-    app.config[SERVICE_KEY] = service
-    app.config[PRODUCER_KEY] = producer
-    app.config[BEATS_KEY] = None
+
+    service: Service
+    producer: Producer | None = None
 
 
-def _heartbeats(app: QuartTrio, service: Service) -> Heartbeats:
-    """The one heartbeat timer of the app's stream sessions, started on first use.
+class TickcastApp(QuartTrio):
+    """The Quart-Trio app, with the one slot the routes find the running service in."""
 
-    It runs in ``app.nursery`` (open while the app is served) and ends with it.
-    """
-    beats = app.config.get(BEATS_KEY)
-    if beats is None:
-        beats = app.config[BEATS_KEY] = service_heartbeats(service)
-        app.nursery.start_soon(beats.run)
-    assert isinstance(beats, Heartbeats)
-    return beats
+    def __init__(self) -> None:
+        super().__init__("tickcast")
+        self._mount: Mount | None = None
+        self._beats: Heartbeats | None = None
+
+    def attach(self, mount: Mount | None) -> None:
+        """Serve ``mount`` from now on; None detaches it (routes answer 503)."""
+        self._mount = mount
+        self._beats = None
+
+    def mounted(self) -> Mount:
+        """The attached service (and producer), for a route.
+
+        Raises:
+            _Unavailable: nothing is attached (the handler answers 503 ``unavailable``).
+        """
+        if self._mount is None:
+            raise _Unavailable
+        return self._mount
+
+    def heartbeats(self) -> Heartbeats:
+        """The one heartbeat timer of the app's stream sessions, started on first use.
+
+        It runs in ``app.nursery`` (open while the app is served) and ends with it;
+        attaching another service starts a new one.
+        """
+        if self._beats is None:
+            self._beats = service_heartbeats(self.mounted().service)
+            self.nursery.start_soon(self._beats.run)
+        return self._beats
 
 
 # -- the app --------------------------------------------------------------------------------
 
 
-def create_app() -> QuartTrio:
+def create_app() -> TickcastApp:
     """The Quart-Trio app with every route; attach a service before serving."""
-    app = QuartTrio("tickcast")
+    app = TickcastApp()
     openapi.install(app)
     keepalive.install(app)
     app.register_blueprint(apidocs.blueprint)
@@ -199,7 +214,7 @@ def create_app() -> QuartTrio:
     @answers(503)
     async def health() -> Response:
         """Liveness and the range of history; 503 when the source or writer failed."""
-        service = _service(app)
+        service = app.mounted().service
         history = service.history
         ok, reasons = service.health()
         body: dict[str, Any] = {
@@ -227,7 +242,7 @@ def create_app() -> QuartTrio:
 
         With ``from_ts`` instead of ``from_t``: from the first tick whose ``ts >= from_ts``.
         """
-        service = _service(app)
+        service = app.mounted().service
         _authorize(service)
         from_t, from_ts = start_params(request.args)
         limit = int_param(request.args, "limit", 1, None)
@@ -252,7 +267,7 @@ def create_app() -> QuartTrio:
     @answers(503)
     async def metrics() -> Response:
         """Prometheus text exposition."""
-        return Response(_service(app).metrics.render(), content_type=CONTENT_TYPE)
+        return Response(app.mounted().service.metrics.render(), content_type=CONTENT_TYPE)
 
     @app.get("/")
     @page("text/html", description="The dashboard page.")
@@ -260,13 +275,13 @@ def create_app() -> QuartTrio:
     @security_scheme(READ_ACCESS)
     async def dashboard() -> Response:
         """The live dashboard."""
-        _authorize(_service(app))
+        _authorize(app.mounted().service)
         body = resources.files("tickcast").joinpath("web/static/dashboard.html").read_bytes()
         return Response(body, content_type="text/html; charset=utf-8")
 
     @app.websocket("/ws/stream")
     async def stream() -> Response | None:
-        service = _service(app)
+        service = app.mounted().service
         try:
             admission = admit(
                 service.limits,
@@ -281,7 +296,7 @@ def create_app() -> QuartTrio:
             response = error_response(refused.status, refused.error, refused.detail)
             response.headers.update(refused.headers())
             return response
-        beats = _heartbeats(app, service)
+        beats = app.heartbeats()
         session = AsgiSession(service, admission.params, ip=admission.ip, beats=beats)
         try:
             await websocket.accept()
@@ -298,9 +313,8 @@ def create_app() -> QuartTrio:
     @security_scheme(INGEST_ACCESS)
     async def ingest() -> Response:
         """Append ticks from an external simulation (bearer token; ``--source ingest``)."""
-        service = _service(app)
-        config = service.config
-        producer = app.config.get(PRODUCER_KEY)
+        mount = app.mounted()
+        service, producer, config = mount.service, mount.producer, mount.service.config
         if config.source != "ingest" or not config.ingest_token or producer is None:
             detail = "this server's source is the built-in simulator"
             return error_response(409, "not_ingest", detail)
