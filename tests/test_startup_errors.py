@@ -36,9 +36,10 @@ def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        cmd = [PYTHON, "-m", "tickcast.cli", "serve", "--log-level", "warning"]
+        cmd += ["--port", str(port), "--data-dir", str(tmp_path / "d")]
         result = subprocess.run(
-            [PYTHON, "-m", "tickcast.cli", "serve", "--log-level", "warning"]
-            + ["--port", str(port), "--data-dir", str(tmp_path / "d")],
+            cmd,
             capture_output=True,
             text=True,
             env=clean_env(),

@@ -11,16 +11,18 @@ both:
   :data:`MARGIN`, logs once how many connections it allows.
 * When ``accept()`` fails with ``EMFILE`` / ``ENFILE`` anyway, the connection
   would wait in the kernel's backlog, unanswered, until a descriptor is freed.
-  A :class:`Reserve` keeps one spare descriptor open for that moment: the accept
-  loop gives it up, accepts the waiting connection into its slot, answers it
-  ``503`` JSON (:data:`REFUSAL`) and closes it, then takes the spare back. So a
-  client over the limit gets an answer it can act on (retry later, or elsewhere)
-  instead of a hang.
+  A :class:`Reserve` keeps :data:`SPARES` spare descriptors open for that moment:
+  the accept loop gives one up, accepts the waiting connection into its slot,
+  answers it ``503`` JSON (:data:`REFUSAL`) and closes it, then takes the spare
+  back. So a client over the limit gets an answer it can act on (retry later,
+  or elsewhere) instead of a hang.
 
-Invariants: the reserve holds at most one descriptor; it is given up only to
-accept the one connection refused with it, and is taken back when that
-connection is closed. Plain ``os`` / ``resource`` / ``socket`` calls and trio's
-waits: no Quart or Hypercorn.
+Invariants: the reserve holds at most :data:`SPARES` descriptors; each is given
+up only to accept the one connection refused with it, and is taken back when
+that connection is closed. A refusal lasts until the client closes, at most
+:data:`REFUSE_DRAIN_S`, so the reserve answers at least ``SPARES /
+REFUSE_DRAIN_S`` connections a second even when none of them reads. Plain
+``os`` / ``resource`` / ``socket`` calls and trio's waits: no Quart or Hypercorn.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ __all__ = ["MARGIN", "REFUSAL", "Reserve", "raise_open_files_limit"]
 log = logging.getLogger("tickcast.server")
 
 MARGIN = 64  # descriptors kept for what is not a client: files, Redis, trio, threads
-REFUSE_DRAIN_S = 1.0  # how long a refused connection may take to read its answer
+SPARES = 4  # descriptors held in reserve: refusals under way at once
+REFUSE_DRAIN_S = 0.5  # how long a refused connection may take to read its answer
 LOG_EVERY_S = 1.0  # the descriptor shortage is logged at most once per this
 
 _DETAIL = "the server has no file descriptor left for a new connection; retry later"
@@ -92,23 +95,28 @@ def _open_spare() -> int | None:
 
 
 class Reserve:
-    """One spare descriptor, given up to accept and refuse a connection when there is none.
+    """Spare descriptors, each given up to accept and refuse a connection when there is none.
 
     Use from the accept loop (one task): on ``EMFILE``/``ENFILE``, call
     :meth:`refuse_one`; it returns at once, the refusal runs in ``nursery``.
     """
 
     def __init__(self) -> None:
-        self._fd = _open_spare()
+        self._fds: list[int] = []
+        self._refill()
         self._next_log = -math.inf
         self._unlogged = 0
         self.refused = 0  # connections answered 503 for want of a descriptor
 
+    def _refill(self) -> None:
+        """Take spares back up to :data:`SPARES` (as many as the process can open)."""
+        while len(self._fds) < SPARES and (fd := _open_spare()) is not None:
+            self._fds.append(fd)
+
     def close(self) -> None:
-        """Give the spare descriptor back to the process for good."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Give the spare descriptors back to the process for good."""
+        while self._fds:
+            os.close(self._fds.pop())
 
     def shortage(self, exc: OSError) -> None:
         """Log that ``accept`` failed for want of a resource, at most once per second."""
@@ -129,21 +137,20 @@ class Reserve:
     def refuse_one(self, lsock: socket.socket, nursery: trio.Nursery) -> bool:
         """Accept one waiting connection with the spare descriptor and answer it 503.
 
-        Returns False when there is no spare to give up (one refusal is still under
-        way, or the spare could not be taken back yet) or nothing was waiting; the
-        caller then waits a little before accepting again. The answer is written
-        and the socket closed in a task of ``nursery``, which takes the spare back.
+        Returns False when there is no spare to give up (:data:`SPARES` refusals
+        are under way) or nothing was waiting; the caller then waits a little
+        before accepting again. The answer is written and the socket closed in a
+        task of ``nursery``, which takes the spare back.
         """
-        if self._fd is None:
-            self._fd = _open_spare()  # a previous refusal's slot may be free again
-            if self._fd is None:
+        if not self._fds:
+            self._refill()  # descriptors freed elsewhere since
+            if not self._fds:
                 return False
-        os.close(self._fd)
-        self._fd = None
+        os.close(self._fds.pop())
         try:
             conn, _ = lsock.accept()
         except OSError:  # nothing waiting, another thread took the slot, or it vanished:
-            self._fd = _open_spare()  # the accept loop's next accept() classifies it
+            self._refill()  # the accept loop's next accept() classifies it
             return False
         self.refused += 1
         nursery.start_soon(self._answer, conn)
@@ -170,5 +177,4 @@ class Reserve:
                 pass  # the client went away: nothing to answer
         finally:
             conn.close()
-            if self._fd is None:
-                self._fd = _open_spare()
+            self._refill()
