@@ -1,4 +1,19 @@
-"""The ``tickcast`` command line."""
+"""The ``tickcast`` command line: ``serve``, ``edge``, ``publish``, ``tail``.
+
+What it owns: parsing (every setting is a flag and a ``TICKCAST_*`` variable,
+``config.py``), logging to stderr, and turning what stops a command into one
+line and an exit status. No traceback for an error the user can fix:
+
+* ``0``: stopped by SIGINT or SIGTERM, cleanly.
+* ``2``: a bad setting, before anything starts, or a port that cannot be bound
+  (``tickcast: error: setting 'rate': ...``, ``... cannot listen on ...``).
+* ``1``: any other ``TickcastError`` at start-up or while serving (the data
+  directory locked by another process, an unreadable store).
+
+Errors raised inside the server's nurseries reach here wrapped in exception
+groups; each is printed on its own ``tickcast: error:`` line. Anything else is a
+bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 

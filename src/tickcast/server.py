@@ -89,6 +89,15 @@ async def _serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None,
     task_status: trio.TaskStatus[int],
 ) -> None:
+    """:func:`serve` and :func:`serve_edge` after their role is open.
+
+    The front door binds inside the assembly, after the app's startup hooks and
+    before any source (see ``assembly.py``): a busy port stops start-up before a
+    tick is made. The block below is the serving period; leaving it is the
+    shutdown, in the assembly's order.
+    """
+    # Only edges share a port (several edge processes behind one address); a
+    # second producer on the same data would be refused by the directory lock.
     reuse_port = config.reuse_port and not isinstance(role, Producer)
     front = partial(serve_frontdoor, host=config.host, port=config.port, reuse_port=reuse_port)
     async with assemble(config, role, front=front) as running:
@@ -104,6 +113,13 @@ async def _serve(
 
 
 async def _first_signal() -> None:
+    """Return at the first SIGINT or SIGTERM (the command line's shutdown trigger).
+
+    The signals' previous handlers are back once it returns: during the
+    shutdown a second Ctrl-C raises ``KeyboardInterrupt`` (trio's handler) and a
+    second SIGTERM ends the process at once (the default action), without waiting
+    for the close grace.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s", signal.Signals(signum).name)

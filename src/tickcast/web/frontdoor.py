@@ -87,13 +87,21 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
     def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
         self._stream = stream
         self._prefix = prefix
+        # Hypercorn reads the peer and local addresses off ``.socket``.
         self.socket = stream.socket
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """The head read earlier (whole, whatever ``max_bytes``), then the socket's bytes.
+
+        The head is at most ``MAX_HEAD`` bytes, so handing it over in one piece
+        never gives Hypercorn's parser more than it would buffer anyway.
+        """
         if self._prefix:
             out, self._prefix = self._prefix, b""
             return out
         return bytes(await self._stream.receive_some(max_bytes))
+
+    # The rest is the socket stream's own behaviour, unchanged.
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -119,6 +127,8 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
             permitted); the message names the ``host`` and ``port`` settings.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # A deep backlog: a burst of reconnects (an edge restarting, a network blip)
+    # waits in the kernel for the accept loop rather than being refused.
     try:
         sock = socket.create_server(
             (host, port), family=family, backlog=BACKLOG, reuse_port=reuse_port
@@ -133,7 +143,13 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
 
 
 def _is_stream_upgrade(head: bytes) -> bool:
-    """Whether ``head`` is a ``GET /ws/stream`` with ``Upgrade: websocket`` (ours to serve)."""
+    """Whether ``head`` is a ``GET /ws/stream`` with ``Upgrade: websocket`` (ours to serve).
+
+    Only a cheap look at the request line and the ``Upgrade`` header: the full
+    handshake is wsproto's, in :meth:`FrontDoor._stream`, which answers a malformed
+    one 400. Anything else, a plain ``GET /ws/stream`` among them, goes to
+    Hypercorn and the app, which answer it as a stock deployment would.
+    """
     line, _, rest = head.partition(b"\r\n")
     parts = line.split(b" ")
     if len(parts) != 3 or parts[0] != b"GET":
@@ -148,7 +164,14 @@ def _is_stream_upgrade(head: bytes) -> bool:
 
 
 async def _read_head(sock: socket.socket) -> bytes:
-    """The request head, up to ``\\r\\n\\r\\n``; what came, on a limit, EOF or error."""
+    """The request head, up to ``\\r\\n\\r\\n``; what came, on a limit, EOF or error.
+
+    At most ``MAX_HEAD`` bytes and ``HEAD_TIMEOUT_S`` seconds: a client that sends
+    nothing holds one descriptor for that long, then its connection goes to
+    Hypercorn with what came (an empty head: Hypercorn closes it). Reading may
+    take a few bytes of the body after the head; they stay in the head and are
+    replayed (:class:`PrefixedStream`) or parsed by wsproto with it.
+    """
     buf = bytearray()
     with trio.move_on_after(HEAD_TIMEOUT_S):
         while b"\r\n\r\n" not in buf and len(buf) < MAX_HEAD:
@@ -166,7 +189,12 @@ async def _read_head(sock: socket.socket) -> bytes:
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:
-    """Write all of ``data`` to a non-blocking socket (handshake answers only)."""
+    """Write all of ``data`` to a non-blocking socket (handshake answers only).
+
+    No deadline of its own: a handshake answer is a few hundred bytes, which an
+    empty send buffer takes whole, so this does not wait in practice. Stream
+    traffic never comes here: it goes through the session's outbox.
+    """
     view = memoryview(data)
     while view:
         await trio.lowlevel.wait_writable(sock)
@@ -201,7 +229,12 @@ class FrontDoor:
         self.beats = service_heartbeats(service)
 
     async def handle(self, sock: socket.socket, peer: str) -> None:
-        """Serve one connection; its failure is logged and never reaches the listener."""
+        """Serve one connection; its failure is logged and never reaches the listener.
+
+        Runs as its own task in the front door's nursery, one per connection. Only
+        ``Exception`` is caught: a cancellation (the server's shutdown) passes
+        through, after the socket is closed on the way out.
+        """
         try:
             await self._handle(sock, peer)
         except Exception:
@@ -219,6 +252,8 @@ class FrontDoor:
         except BaseException:
             sock.close()
             raise
+        # Any other request: HTTP, served by Hypercorn's connection handler over a
+        # trio stream of the same socket, with the head we read replayed first.
         tsock = trio.socket.from_stdlib_socket(sock)
         stream = PrefixedStream(trio.SocketStream(tsock), head)
         try:
@@ -237,13 +272,16 @@ class FrontDoor:
             request = next(ws.events())
         except (RemoteProtocolError, StopIteration):
             request = None
-        if not isinstance(request, Request):
+        if not isinstance(request, Request):  # not a WebSocket handshake wsproto accepts
             body = error_body("bad_request", "invalid WebSocket handshake")
             head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
             head += b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
             await _send_all(sock, head + body)
             sock.close()
             return
+        # Admission is the transports' one rule (transports/intake.py), the same as
+        # the ASGI route's: query parameters (400), read token (401), the service
+        # not ready (503), then a connection slot (429).
         query = dict(parse_qsl(urlsplit(request.target).query, keep_blank_values=True))
         forwarded = authorization = None
         for name, value in request.extra_headers:
@@ -266,9 +304,16 @@ class FrontDoor:
             await _send_all(sock, reject)
             sock.close()
             return
-        ip = admission.ip
+        ip = admission.ip  # the client address the slot is counted against
+        # permessage-deflate, when offered and enabled, always without server
+        # context takeover: each message is deflated on its own, so one tick's
+        # compressed frame is the same bytes for every client on the same window
+        # and is made once (transports/frames.py).
         deflate = PerMessageDeflate(server_no_context_takeover=True)
         extensions: list[Extension] = [deflate] if service.config.compression else []
+        # The slot taken by admit() is this function's until a RawSession exists
+        # (which releases it when it ends); if the accept cannot be sent or the
+        # session cannot be built, it is released here, once.
         session: RawSession | None = None
         try:
             await _send_all(sock, ws.send(AcceptConnection(extensions=extensions)))
@@ -306,10 +351,13 @@ async def serve_frontdoor(
     """
     raise_open_files_limit(service.config.max_connections)
     door = FrontDoor(service, app)
-    reserve = Reserve()
+    reserve = Reserve()  # taken before any connection can use the descriptors up
     try:
         lsock = listen(host, port, reuse_port=reuse_port)  # from here _accept_loop owns it
         async with trio.open_nursery() as nursery:
+            # Connection tasks go into this nursery, next to the accept loop: when
+            # it is cancelled the loop closes the listener first, then the
+            # connections wind down (1001 for stream clients) before this returns.
             bound = await nursery.start(_accept_loop, lsock, door.handle, reserve, nursery)
             nursery.start_soon(door.beats.run)
             task_status.started(bound)
@@ -337,6 +385,9 @@ async def _accept_loop(
     with lsock:  # the one place the listening socket is closed
         task_status.started(int(lsock.getsockname()[1]))
         while True:
+            # Woken when connections wait; take up to a burst of them, then let
+            # the connection tasks just started (and the hub) have a turn: a
+            # reconnect storm is accepted quickly without starving live clients.
             await trio.lowlevel.wait_readable(lsock)
             for _ in range(ACCEPT_BURST):
                 try:
@@ -345,15 +396,23 @@ async def _accept_loop(
                     break
                 except OSError as exc:
                     if exc.errno in VANISHED_ERRNOS:
-                        continue
+                        continue  # that client gave up first: take the next one
                     if exc.errno not in CAPACITY_ERRNOS:
+                        # EBADF, EINVAL, ENOTSOCK...: the listener itself is broken.
+                        # Staying in the loop would spin on it, unseen; raising
+                        # stops the server, and the error says why.
                         raise
                     reserve.shortage(exc)
+                    # Out of descriptors: answer the waiting client 503 with a spare
+                    # one. Out of memory or buffers, or no spare left: wait a
+                    # little (a connection may end meanwhile) and try again.
                     descriptors = exc.errno in (errno.EMFILE, errno.ENFILE)
                     if not (descriptors and reserve.refuse_one(lsock, nursery)):
                         await trio.sleep(CAPACITY_PAUSE_S)
                         break
                     continue
+                # Non-blocking, as every transport here writes with send() and waits
+                # with trio; no Nagle delay: a tick is one small write, sent at once.
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 nursery.start_soon(handler, conn, addr[0])
