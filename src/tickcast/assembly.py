@@ -32,6 +32,9 @@ Invariants:
   is queued, fsyncs and writes ``CLEAN``. Every tick a client received was
   queued for the writer before it was published, so it is on disk after a
   clean stop.
+* Before anything starts, the soft open-files limit is raised to the hard one
+  (one descriptor per client; see ``web/descriptors.py``), and a limit still
+  below ``max_connections`` is logged once with the number it allows.
 * While the block runs, start-up's objects are frozen out of the garbage
   collector's reach (:func:`steady_state`).
 """
@@ -52,6 +55,7 @@ from tickcast.producer import Producer
 from tickcast.service import Service
 from tickcast.sources.simulated import run_simulator
 from tickcast.web.app import Mount, TickcastApp, create_app
+from tickcast.web.descriptors import raise_open_files_limit
 from tickcast.web.lifespan import app_lifespan
 
 if TYPE_CHECKING:
@@ -136,6 +140,7 @@ async def assemble(
     service = role.service
     producer = role if isinstance(role, Producer) else None  # else an edge
     app = create_app() if app is None else app
+    raise_open_files_limit(config.max_connections)  # one descriptor per client
     async with trio.open_nursery() as outer:
         if producer is not None:
             await outer.start(producer.run_writer)

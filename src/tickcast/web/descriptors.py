@@ -78,7 +78,7 @@ def raise_open_files_limit(max_connections: int) -> int:
         log.warning(
             "the open-files limit (%d, hard limit %s) allows about %d connections, "
             "fewer than max_connections (%d): raise it (ulimit -n, LimitNOFILE=) "
-            "or lower max_connections; connections over it are answered 503",
+            "or lower max_connections",
             soft,
             "unlimited" if hard == resource.RLIM_INFINITY else hard,
             max(0, soft - MARGIN),

@@ -55,7 +55,7 @@ from tickcast.service import Service
 from tickcast.transports.heartbeats import service_heartbeats
 from tickcast.transports.intake import Refusal, admit
 from tickcast.transports.raw import RawSession
-from tickcast.web.descriptors import Reserve, raise_open_files_limit
+from tickcast.web.descriptors import Reserve
 from tickcast.web.hypercorn_bridge import HypercornHandler
 
 __all__ = ["PrefixedStream", "listen", "serve_frontdoor"]
@@ -340,8 +340,7 @@ async def serve_frontdoor(
     """Listen on ``host:port`` and serve every connection until cancelled.
 
     ``task_status.started`` receives the bound port once connections are accepted
-    (useful with ``port`` 0). Raises the open-files limit first (see
-    :mod:`tickcast.web.descriptors`). On cancellation the listening socket closes
+    (useful with ``port`` 0). On cancellation the listening socket closes
     first (no new connections), then every connection task is cancelled: stream
     clients get close 1001 within their grace.
 
@@ -349,7 +348,6 @@ async def serve_frontdoor(
         ConfigError: ``host:port`` cannot be bound.
         OSError: ``accept()`` failed in a way that says the listener is broken.
     """
-    raise_open_files_limit(service.config.max_connections)
     door = FrontDoor(service, app)
     reserve = Reserve()  # taken before any connection can use the descriptors up
     try:
