@@ -1,9 +1,15 @@
 """The producer role: a source's ticks into the segment files, then to clients.
 
-:meth:`Producer.produce` is the one place a tick enters: the ring, then the
-writer's queue (``LocalHistory.append``). The writer task writes each batch to
-the segment files and only then publishes it through :meth:`Service.publish`,
-so no client ever sees a tick a process crash could lose (SPEC §5). A scale-out
+:meth:`Producer.produce` is the one place a tick enters, and the one place
+ticks are numbered: it gives each payload the next ``t`` (and ``ts`` when the
+payload has none), encodes it once, and appends it to the ring, then the
+writer's queue (``LocalHistory.append``). Invariant: ``t`` is consecutive from
+the last tick on disk, whoever calls (the simulator, concurrent ``POST
+/ingest`` requests), because callers take turns from numbering to the ring.
+
+The writer task writes each batch to the segment files and only then
+publishes it through :meth:`Service.publish`, so no client ever sees a tick a
+process crash could lose (SPEC §5). A scale-out
 edge has no producer: it publishes what it reads from the stream.
 
 With ``redis_url`` set, the producer also runs an :class:`~tickcast.scaleout.Appender`

@@ -5,6 +5,13 @@ files, see ``producer.py``) and for a scale-out edge (history from a Redis
 stream): config, a :class:`~tickcast.storage.history.History`, the hub, the
 connection limits, the traffic counters and the metrics. Its role feeds it
 through :meth:`Service.publish`, once per tick, in ``t`` order.
+
+Invariants: :meth:`Service.publish` is synchronous and never awaits a client
+(the hub's rule); the service owns no task (its role's tasks run in the
+assembly's nurseries, ``assembly.py``); what ``/health`` reports is the
+history's health plus the failures its components recorded with
+:meth:`Service.fail`, and streams are refused (503) only while
+:attr:`Service.waiting` says why.
 """
 
 from __future__ import annotations
