@@ -101,8 +101,8 @@ async def _serve(
     reuse_port = config.reuse_port and not isinstance(role, Producer)
     front = partial(serve_frontdoor, host=config.host, port=config.port, reuse_port=reuse_port)
     async with assemble(config, role, front=front) as running:
-        log.info("%s listening on http://%s:%d", name, config.host, running.port)
         assert running.port is not None  # a front reports its port
+        log.info("%s listening on http://%s:%d", name, config.host, running.port)
         task_status.started(running.port)
         if shutdown_trigger is None:
             await trio.sleep_forever()
