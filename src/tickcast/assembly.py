@@ -42,7 +42,6 @@ Invariants:
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -62,8 +61,6 @@ if TYPE_CHECKING:
     from tickcast.edge import Edge
 
 __all__ = ["Assembly", "Front", "assemble", "open_role", "steady_state"]
-
-log = logging.getLogger("tickcast.server")
 
 Front = Callable[..., Any]
 """A listener started as ``await nursery.start(front, service, app)``; it calls
@@ -129,13 +126,13 @@ async def assemble(
     is started in the inner nursery after the app's startup hooks and before any
     source; the port it reports is :attr:`Assembly.port`. ``app`` is the app to
     attach the service to (``tickcast.asgi`` made its own when it was imported, for
-    Hypercorn to call); by default a new one. The block is the
-    serving period: leave it (return, or be cancelled) to shut down, as described
-    in the module docstring.
+    Hypercorn to call); by default a new one. The block is the serving period:
+    leave it (return, or be cancelled) to shut down, as the module docstring says.
 
     Raises:
         TickcastError: the app's startup hooks failed, or ``front`` failed to start
-            (e.g. ``ConfigError`` for a port that cannot be bound).
+            (e.g. ``ConfigError`` for a port that cannot be bound); from inside the
+            nurseries, so wrapped in exception groups (``errors.leaves`` unwraps).
     """
     service = role.service
     producer = role if isinstance(role, Producer) else None  # else an edge
