@@ -1,9 +1,9 @@
 """tickcast under Hypercorn's public trio API, in-process: the ASGI transport for tests.
 
 What ``hypercorn --worker-class trio tickcast.asgi:app`` runs, with the test's
-``Config`` instead of ``TICKCAST_*`` variables: the producer (writer and source) in
-our nursery, the Quart app's lifespan driven by ``app_lifespan`` (as ``tickcast.asgi``
-does), and ``/ws/stream`` answered by the Quart route (``AsgiSession``). Only
+``Config`` instead of ``TICKCAST_*`` variables: the same assembly as
+``tickcast.asgi`` (``tickcast.assembly.assemble`` without a listener of ours), and
+``/ws/stream`` answered by the Quart route (``AsgiSession``). Only
 ``hypercorn.trio.serve`` and ``hypercorn.config.Config`` are used: no internals.
 """
 
@@ -18,11 +18,10 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from tickcast.assembly import assemble
 from tickcast.config import Config
 from tickcast.producer import Producer
-from tickcast.server import run_producer
-from tickcast.web.app import attach, create_app
-from tickcast.web.lifespan import app_lifespan
+from tickcast.web.app import create_app
 
 __all__ = ["GRACEFUL_TIMEOUT_S", "serve_asgi"]
 
@@ -32,7 +31,7 @@ GRACEFUL_TIMEOUT_S = 1.0
 
 
 async def _answer_lifespan(receive: Any, send: Any) -> None:
-    """Hypercorn's lifespan: the app's own runs under ``app_lifespan`` (as in asgi.py)."""
+    """Hypercorn's lifespan: the app's own runs under ``assemble`` (as in asgi.py)."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -70,18 +69,8 @@ async def serve_asgi(
     async def shutdown() -> None:
         await shutdown_trigger()
 
-    async with trio.open_nursery() as outer:
-        await outer.start(partial(run_producer, config, producer=producer))
-        async with app_lifespan(app):
-            attach(app, producer.service, producer=producer)
-            try:
-                async with trio.open_nursery() as inner:
-                    binds = await inner.start(
-                        partial(hypercorn_serve, asgi, hyper, shutdown_trigger=shutdown)
-                    )
-                    port = urlsplit(binds[0]).port
-                    assert port is not None, binds
-                    task_status.started(port)
-            finally:
-                attach(app, None)
-        outer.cancel_scope.cancel()
+    async with assemble(config, producer, app=app), trio.open_nursery() as inner:
+        binds = await inner.start(partial(hypercorn_serve, asgi, hyper, shutdown_trigger=shutdown))
+        port = urlsplit(binds[0]).port
+        assert port is not None, binds
+        task_status.started(port)

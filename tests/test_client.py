@@ -42,7 +42,6 @@ from tickcast.client.blocking import _Reader
 from tickcast.client.cursor import Backoff, Cursor, Next
 from tickcast.client.settings import Endpoint
 from tickcast.service import Service
-from tickcast.tick import EncodedTick
 
 WAIT_S = 60  # every wait has a deadline, generous for a busy 2-core machine
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.5}  # reconnect quickly in tests
@@ -335,18 +334,9 @@ async def test_truncated_raises_or_carries_on(tmp_path: Path) -> None:
 # -- history ----------------------------------------------------------------------------
 
 
-def small_tick(t: int) -> EncodedTick:
-    return EncodedTick.from_dict(
-        {
-            "type": "tick",
-            "t": t,
-            "ts": 1.0,
-            "s": {"i": t},
-            "agents": [],
-            "actions": [],
-            "matches": [],
-        }
-    )
+def small_tick(t: int) -> dict[str, Any]:
+    """Tick ``t``'s content (``produce`` numbers it: ``t`` must be the next one)."""
+    return {"ts": 1.0, "s": {"i": t}, "agents": [], "actions": [], "matches": []}
 
 
 async def test_history_pages_incremental(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -250,6 +250,7 @@ async def test_stock_hypercorn_deployment(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKCAST_")}
     env.update({"TICKCAST_DATA_DIR": str(data), "TICKCAST_RATE": "50", "TICKCAST_SEED": "1"})
+    env["TICKCAST_PORT"] = "1"  # ignored under Hypercorn (--bind decides), and said so
     log = tmp_path / "hypercorn.log"
     proc = launch(
         [
@@ -297,6 +298,7 @@ async def test_stock_hypercorn_deployment(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         status = await wait_exit(proc, 10.0)
     assert status == 0, log.read_text()
+    assert "TICKCAST_PORT=1 is ignored under Hypercorn: its --bind" in log.read_text()
     stored = {t["t"] for t in stored_ticks(data)}
     assert set(received) <= stored
     assert (data / "CLEAN").exists()

@@ -27,7 +27,7 @@ def limits(**kw: object) -> Limits:
 
 def test_starts_empty() -> None:
     lim = limits()
-    assert (lim.total, lim.refused, dict(lim.per_ip)) == (0, 0, {})
+    assert (lim.total, lim.refused) == (0, 0)
     assert (lim.max_total, lim.max_per_ip) == (2, 1)
 
 
@@ -36,8 +36,11 @@ def test_acquire_counts_total_and_per_ip() -> None:
     assert lim.acquire("1.1.1.1") is None
     assert lim.acquire("2.2.2.2") is None
     assert lim.total == 2
-    assert lim.per_ip == {"1.1.1.1": 1, "2.2.2.2": 1}
     assert lim.refused == 0
+    # Each address now holds its one slot (max_connections_per_ip=1).
+    lim.release("2.2.2.2")
+    assert "max_connections_per_ip" in (lim.acquire("1.1.1.1") or "")
+    assert lim.acquire("2.2.2.2") is None
 
 
 def test_per_ip_refusal_names_the_limit() -> None:
@@ -48,9 +51,10 @@ def test_per_ip_refusal_names_the_limit() -> None:
     assert "max_connections_per_ip" in reason
     assert "1.1.1.1" in reason
     assert lim.refused == 1
-    # A refusal takes nothing.
+    # A refusal takes nothing: one release frees the address.
     assert lim.total == 1
-    assert lim.per_ip["1.1.1.1"] == 1
+    lim.release("1.1.1.1")
+    assert lim.acquire("1.1.1.1") is None
 
 
 def test_total_refusal_names_the_limit() -> None:
@@ -64,7 +68,8 @@ def test_total_refusal_names_the_limit() -> None:
     assert "(2)" in reason
     assert lim.refused == 1
     assert lim.total == 2
-    assert "3.3.3.3" not in lim.per_ip
+    lim.release("1.1.1.1")  # 3.3.3.3 took nothing: it gets its one slot
+    assert lim.acquire("3.3.3.3") is None
 
 
 def test_refused_counts_every_refusal() -> None:
@@ -83,7 +88,7 @@ def test_release_frees_the_slot_at_once() -> None:
     assert lim.acquire("1.1.1.1") is not None
     lim.release("1.1.1.1")
     assert lim.total == 0
-    assert "1.1.1.1" not in lim.per_ip
+    assert not lim._per_ip  # no entry is kept for an address without a slot
     assert lim.acquire("1.1.1.1") is None
     assert lim.total == 1
 
@@ -95,8 +100,9 @@ def test_release_frees_a_total_slot() -> None:
     assert lim.acquire("3.3.3.3") is not None
     lim.release("2.2.2.2")
     assert lim.acquire("3.3.3.3") is None
-    assert lim.per_ip == {"1.1.1.1": 1, "3.3.3.3": 1}
     assert lim.total == 2
+    assert lim.acquire("1.1.1.1") is not None  # each address is at its limit
+    assert lim.acquire("3.3.3.3") is not None
 
 
 def test_per_ip_counts_several() -> None:
@@ -104,10 +110,10 @@ def test_per_ip_counts_several() -> None:
     for _ in range(3):
         assert lim.acquire("1.1.1.1") is None
     assert lim.acquire("1.1.1.1") is not None
-    assert lim.per_ip["1.1.1.1"] == 3
     lim.release("1.1.1.1")
-    assert lim.per_ip["1.1.1.1"] == 2
     assert lim.total == 2
+    assert lim.acquire("1.1.1.1") is None  # one slot free again, and only one
+    assert lim.acquire("1.1.1.1") is not None
 
 
 # -- client_ip ------------------------------------------------------------------------

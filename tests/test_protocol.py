@@ -23,7 +23,6 @@ import trio.testing
 from conftest import Running, Transport, collect_ticks, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
 from tickcast.service import Service
-from tickcast.tick import EncodedTick
 from tickcast.transports.raw import LIVE_BACKLOG, RawSession
 from wsclient import RawClient, Rejected
 
@@ -95,7 +94,7 @@ async def test_from_t_before_oldest_is_truncated(tmp_path: Path, transport: Tran
             agents = [{"id": i, "experience": 0.125} for i in range(40)]
             tick = {"type": "tick", "t": t, "ts": 1.0 + t, "s": {"price_norm": 0.5}}
             tick |= {"agents": agents, "actions": [], "matches": []}
-            await srv.producer.produce(EncodedTick.from_dict(tick))
+            await srv.producer.produce(tick)
         await srv.wait_for_t(199)
         assert (srv.service.history.oldest_t or 0) > 20  # retention deleted the start
         async with open_websocket_url(srv.ws_url("?from_t=0")) as ws:

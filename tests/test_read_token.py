@@ -17,17 +17,14 @@ import httpx
 import orjson
 import pytest
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
+from asgi_server import serve_asgi
 from conftest import PYTHON, free_port, make_config, running, tickcast_process, wait_ready
 from tickcast.config import Config, describe
 from tickcast.errors import ConfigError
 from tickcast.fanout.limits import Limits
 from tickcast.producer import Producer
-from tickcast.server import run_producer
 from tickcast.transports.intake import Refusal, admit, authorize
-from tickcast.web.app import attach, create_app
 from wsclient import RawClient, Rejected
 
 READ = "r3ad-T0ken_42"
@@ -212,26 +209,17 @@ async def test_open_without_a_token(tmp_path: Path) -> None:
 async def asgi_running(config: Config) -> AsyncIterator[tuple[int, Producer]]:
     """The Quart app (its own ``/ws/stream`` route) under Hypercorn, in this process."""
     producer = await Producer.open(config)
-    app = create_app()
-    attach(app, producer.service, producer=producer)
-    hyper = HypercornConfig()
-    hyper.bind = ["127.0.0.1:0"]
-    hyper.graceful_timeout = 1.0
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(run_producer, config, producer=producer))
-        async with trio.open_nursery() as web:
-            binds = await web.start(
-                partial(hypercorn_serve, app, hyper, shutdown_trigger=stop.wait)
-            )
-            try:
-                with trio.fail_after(30):
-                    await producer.service.wait_for_t(0)
-                yield int(binds[0].rsplit(":", 1)[1]), producer
-            finally:
-                stop.set()
-        attach(app, None)
-        nursery.cancel_scope.cancel()
+        port = await nursery.start(
+            partial(serve_asgi, config, producer=producer, shutdown_trigger=stop.wait)
+        )
+        try:
+            with trio.fail_after(30):
+                await producer.service.wait_for_t(0)
+            yield port, producer
+        finally:
+            stop.set()
 
 
 async def test_asgi_route_every_route(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ from conftest import (
 )
 from conftest import ws_connect as open_websocket_url
 from tickcast.config import Config
-from tickcast.tick import EncodedTick
 from wsclient import RawClient, Rejected
 
 WAIT_S = 30  # a deadline for waits, so a regression fails instead of hanging
@@ -100,7 +99,7 @@ async def test_incremental_defaults_and_cap(tmp_path: Path) -> None:
         for t in range(10_051):
             tick = {"type": "tick", "t": t, "ts": 1.0 + t, "s": {}}
             tick |= {"agents": [], "actions": [], "matches": []}
-            await srv.producer.produce(EncodedTick.from_dict(tick))
+            await srv.producer.produce(tick)
         await srv.wait_for_t(10_050)
         body = (await srv.get("/incremental")).json()
         assert body["from_t"] == 0 and body["count"] == 1000

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from tickcast.config import Config
+from tickcast.producer import Producer
 from tickcast.storage.local import LocalHistory
 from tickcast.storage.store import SegmentStore
 from tickcast.tick import EncodedTick
@@ -84,3 +85,30 @@ async def test_order_holds_across_inline_queued_and_threaded_writes(
     store = SegmentStore.open(tmp_path / "segments")
     assert store.latest_t == count - 1
     assert len(store.segments) > 5  # rollovers happened
+
+
+async def test_produce_numbers_concurrent_callers_consecutively(tmp_path: Path) -> None:
+    # A ring of 4 makes append() wait on the writer often: a caller that waits there
+    # must not let another take its t (POST /ingest requests run concurrently).
+    producer = await Producer.open(config(tmp_path, ring_size=4, fsync="always"))
+    content = {"s": {}, "agents": [], "actions": [], "matches": []}
+    numbered: list[int] = []
+
+    async def feed(ts: float) -> None:
+        for _ in range(40):
+            tick = await producer.produce({**content, "ts": ts})
+            assert tick.ts == ts  # a ts given is kept
+            numbered.append(tick.t)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(producer.run_writer)
+            async with trio.open_nursery() as feeders:
+                for i in range(3):
+                    feeders.start_soon(feed, 1.0 + i)
+            await producer.service.wait_for_t(119)
+            nursery.cancel_scope.cancel()
+    assert sorted(numbered) == list(range(120))
+    stored = SegmentStore.open(tmp_path / "segments").read(0, 200)
+    assert [orjson.loads(raw)["t"] for raw in stored] == list(range(120))
+    assert producer.next_t == 120

@@ -1,64 +1,126 @@
 """``tickcast.asgi:app``, for ``hypercorn --worker-class trio tickcast.asgi:app``.
 
-Settings come from ``TICKCAST_*`` variables only (Hypercorn owns the command line
-and the listener). The service (history, writer, source) lives in the nursery of
-the ASGI lifespan call: it starts with Hypercorn's serving lifecycle and is
-cancelled (drained, fsynced) when Hypercorn shuts down. HTTP routes and
-``/ws/stream`` are the Quart app's (the portable ASGI transport).
+What it owns: the answer to Hypercorn's ASGI lifespan. On ``lifespan.startup``
+it reads the settings (``TICKCAST_*`` variables only: Hypercorn owns the command
+line and the listener), opens the producer and runs the one assembly
+(``assembly.py``) with no listener of its own: the writer, the source and the
+appender live in the nursery of the lifespan call, the app's own startup hooks
+run, the service is attached, and it answers ``startup.complete``. On
+``lifespan.shutdown`` the assembly stops in its order (sources and clients, the
+app's shutdown hooks, then the writer drains, fsyncs and writes ``CLEAN``).
+HTTP routes and ``/ws/stream`` are the Quart app's (the portable ASGI transport).
+
+Invariants, for an operator:
+
+* A tickcast that cannot start says why in one line on stderr,
+  ``tickcast: error: ...``, and its process exits non-zero (2 for a bad
+  setting, 1 otherwise), with no traceback: an unknown or bad ``TICKCAST_``
+  variable, a worker class other than trio, a locked data directory.
+  Hypercorn's own report of a failed lifespan is a traceback and a clean exit,
+  so the worker process exits itself, at once (``os._exit``), after that line.
+  Hypercorn 0.18's parent process (``--workers`` 1 or more, the default) then
+  exits 0 whatever its worker's status (its ``run()`` re-reads the exit codes
+  of workers already reaped); with ``--workers 0`` the status is the worker's.
+* ``TICKCAST_HOST``, ``TICKCAST_PORT`` and ``TICKCAST_REUSE_PORT`` do not apply:
+  Hypercorn's ``--bind`` (and ``--reuse-port``) decide where it listens. A set
+  one is named in a warning at start-up, not silently ignored.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+import sys
+from typing import Any, NoReturn
 
 import trio
 
+from tickcast.assembly import assemble, open_role
 from tickcast.config import from_sources
-from tickcast.server import run_producer, steady_state
-from tickcast.web.app import attach, create_app
-from tickcast.web.lifespan import app_lifespan
+from tickcast.errors import ConfigError, TickcastError, leaves
+from tickcast.web.app import create_app
 
-__all__ = ["app", "quart_app"]
+__all__ = ["LISTENER_VARIABLES", "app", "quart_app"]
 
 log = logging.getLogger("tickcast.asgi")
 
 quart_app = create_app()
 
+LISTENER_VARIABLES = ("TICKCAST_HOST", "TICKCAST_PORT", "TICKCAST_REUSE_PORT")
+"""Settings of ``tickcast serve``'s own listener, which Hypercorn's ``--bind`` replaces."""
+
 Scope = dict[str, Any]
 
 
+def _exit(message: str, status: int) -> NoReturn:
+    """Print ``tickcast: error: message`` on stderr and end the process with ``status``."""
+    print(f"tickcast: error: {message}", file=sys.stderr, flush=True)
+    os._exit(status)
+
+
+def _warn_listener_variables() -> None:
+    for name in LISTENER_VARIABLES:
+        if name in os.environ:
+            log.warning(
+                "%s=%s is ignored under Hypercorn: its --bind (and --reuse-port) "
+                "decide where it listens",
+                name,
+                os.environ[name],
+            )
+
+
+def _check_worker_class() -> None:
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        _exit(
+            "tickcast.asgi:app runs only on Hypercorn's trio worker: "
+            "start it with hypercorn --worker-class trio tickcast.asgi:app",
+            2,
+        )
+
+
 async def _lifespan(receive: Any, send: Any) -> None:
+    """Answer Hypercorn's lifespan: run the assembly from startup to shutdown."""
     message = await receive()
     assert message["type"] == "lifespan.startup"
-    started = False
+    _warn_listener_variables()
     try:
         config = from_sources({})
-        async with trio.open_nursery() as nursery:
-            producer = await nursery.start(run_producer, config)
-            async with app_lifespan(quart_app):
-                attach(quart_app, producer.service, producer=producer)
-                with steady_state(producer.service):
-                    await send({"type": "lifespan.startup.complete"})
-                    started = True
-                    message = await receive()
-                attach(quart_app, None)
-            nursery.cancel_scope.cancel()
-    except Exception as exc:
-        attach(quart_app, None)
-        if not started:
-            log.exception("tickcast failed to start")
-            await send({"type": "lifespan.startup.failed", "message": f"{exc}"})
-            return
-        log.exception("tickcast failed while serving")
-        await send({"type": "lifespan.shutdown.failed", "message": f"{exc}"})
+        role = await open_role(config)
+    except ConfigError as exc:
+        _exit(str(exc), 2)
+    except TickcastError as exc:  # e.g. the data directory is in use by another process
+        _exit(str(exc), 1)
+    started = False
+    failure: Exception | None = None
+    try:
+        async with assemble(config, role, app=quart_app):
+            await send({"type": "lifespan.startup.complete"})
+            started = True
+            message = await receive()
+    except Exception as exc:  # an ExceptionGroup from the nurseries, usually
+        failure = exc
+    if failure is None:
+        await send({"type": "lifespan.shutdown.complete"})
         return
-    await send({"type": "lifespan.shutdown.complete"})
+    errors = leaves(failure)
+    if started:
+        log.error("tickcast failed while serving", exc_info=failure)
+        await send({"type": "lifespan.shutdown.failed", "message": str(failure)})
+    elif all(isinstance(e, TickcastError) for e in errors):
+        _exit(
+            "; ".join(map(str, errors)), 2 if all(isinstance(e, ConfigError) for e in errors) else 1
+        )
+    else:
+        log.error("tickcast failed to start", exc_info=failure)
+        _exit(f"failed to start: {'; '.join(map(repr, errors))}", 1)
 
 
 async def app(scope: Scope, receive: Any, send: Any) -> None:
     """The ASGI application: our lifespan, Quart for everything else."""
     if scope["type"] == "lifespan":
+        _check_worker_class()
         await _lifespan(receive, send)
     else:
         await quart_app(scope, receive, send)  # type: ignore[arg-type]

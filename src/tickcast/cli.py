@@ -1,4 +1,19 @@
-"""The ``tickcast`` command line."""
+"""The ``tickcast`` command line: ``serve``, ``edge``, ``publish``, ``tail``.
+
+What it owns: parsing (every setting is a flag and a ``TICKCAST_*`` variable,
+``config.py``), logging to stderr, and turning what stops a command into one
+line and an exit status. No traceback for an error the user can fix:
+
+* ``0``: stopped by SIGINT or SIGTERM, cleanly.
+* ``2``: a bad setting, before anything starts, or a port that cannot be bound
+  (``tickcast: error: setting 'rate': ...``, ``... cannot listen on ...``).
+* ``1``: any other ``TickcastError`` at start-up or while serving (the data
+  directory locked by another process, an unreadable store).
+
+Errors raised inside the server's nurseries reach here wrapped in exception
+groups; each is printed on its own ``tickcast: error:`` line. Anything else is a
+bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +28,7 @@ import trio
 
 from tickcast import __version__
 from tickcast.config import add_arguments, describe, from_sources
-from tickcast.errors import ConfigError, TickcastError
+from tickcast.errors import ConfigError, TickcastError, leaves
 
 __all__ = ["main"]
 
@@ -111,12 +126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("tickcast").info("settings: %s", " ".join(describe(config)))
     from tickcast.server import serve_edge_until_signal, serve_until_signal
 
+    failure: BaseException | None = None
     try:
         trio.run(serve_edge_until_signal if command == "edge" else serve_until_signal, config)
-    except TickcastError as exc:  # e.g. the data directory is in use by another process
-        print(f"tickcast: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except* TickcastError as group:  # a busy port, a data directory in use by another process
+        failure = group
+    if failure is None:
+        return 0
+    errors = leaves(failure)
+    for error in errors:  # one line each (they may come out of the server's nurseries)
+        print(f"tickcast: error: {error}", file=sys.stderr)
+    return 2 if all(isinstance(error, ConfigError) for error in errors) else 1
 
 
 def _publish(args: dict[str, object]) -> int:

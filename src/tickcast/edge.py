@@ -46,19 +46,19 @@ class ProducerHistory:
     every ``HEALTH_EVERY_S`` and offers nothing while the epochs differ.
     """
 
-    def __init__(self, base_url: str, mirror_epoch: MirrorEpoch) -> None:
+    def __init__(self, base_url: str, mirror: MirrorHistory) -> None:
         self._base = base_url.rstrip("/")
-        self._epoch = mirror_epoch
+        self._mirror = mirror  # its epoch is "" until known: never the producer's
         self._oldest_t: int | None = None
         self._producer_epoch: str | None = None
         self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT_S)
 
     @property
     def oldest_t(self) -> int | None:
-        return self._oldest_t if self._producer_epoch == self._epoch() else None
+        return self._oldest_t if self._producer_epoch == self._mirror.epoch else None
 
     async def read(self, from_t: int, limit: int) -> list[EncodedTick]:
-        if self._producer_epoch != self._epoch():
+        if self._producer_epoch != self._mirror.epoch:
             return []
         try:
             resp = await self._client.get(
@@ -73,7 +73,7 @@ class ProducerHistory:
         return [EncodedTick.from_stored(orjson.dumps(tick), tick["t"]) for tick in body["data"]]
 
     async def find_ts(self, ts: float) -> int | None:
-        if self._producer_epoch != self._epoch():
+        if self._producer_epoch != self._mirror.epoch:
             return None
         try:
             resp = await self._client.get(
@@ -108,16 +108,6 @@ class ProducerHistory:
                 await self._client.aclose()
 
 
-class MirrorEpoch:
-    """The mirror's current epoch, as a callable (for :class:`ProducerHistory`)."""
-
-    def __init__(self, mirror: MirrorHistory) -> None:
-        self._mirror = mirror
-
-    def __call__(self) -> str | None:
-        return self._mirror.epoch if self._mirror.ready else None
-
-
 class Edge:
     """The edge's service and the sink its follower feeds (see the module docstring)."""
 
@@ -127,9 +117,10 @@ class Edge:
         self.mirror = MirrorHistory(config.ring_size)
         self.producer_history: ProducerHistory | None = None
         if config.history_url is not None:
-            self.producer_history = ProducerHistory(config.history_url, MirrorEpoch(self.mirror))
+            self.producer_history = ProducerHistory(config.history_url, self.mirror)
             self.mirror.backfill = self.producer_history
         self.service = Service.create(config, self.mirror)
+        self.service.waiting = "waiting for the producer's stream"  # until on_epoch
         self.follower = Follower(
             self, url=config.redis_url, key=config.redis_key, backlog=config.ring_size
         )
@@ -164,6 +155,7 @@ class Edge:
         else:
             return
         mirror.reset(epoch)
+        self.service.waiting = None
         if self.producer_history is not None:
             await self.producer_history.refresh()
 

@@ -36,6 +36,7 @@ __all__ = [
     "TickcastError",
     "TruncatedError",
     "error_body",
+    "leaves",
 ]
 
 
@@ -184,3 +185,14 @@ class EpochChangedError(GapError):
 def error_body(error: str, detail: str) -> bytes:
     """The JSON body of every HTTP error: ``{"error": ..., "detail": ...}``."""
     return orjson.dumps({"error": error, "detail": detail})
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions in ``exc``, exception groups (from nurseries) flattened.
+
+    A start-up error raised inside the server's nurseries reaches the top wrapped
+    in groups; the command line reports each leaf on its own line.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]

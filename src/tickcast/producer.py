@@ -1,9 +1,15 @@
 """The producer role: a source's ticks into the segment files, then to clients.
 
-:meth:`Producer.produce` is the one place a tick enters: the ring, then the
-writer's queue (``LocalHistory.append``). The writer task writes each batch to
-the segment files and only then publishes it through :meth:`Service.publish`,
-so no client ever sees a tick a process crash could lose (SPEC §5). A scale-out
+:meth:`Producer.produce` is the one place a tick enters, and the one place
+ticks are numbered: it gives each payload the next ``t`` (and ``ts`` when the
+payload has none), encodes it once, and appends it to the ring, then the
+writer's queue (``LocalHistory.append``). Invariant: ``t`` is consecutive from
+the last tick on disk, whoever calls (the simulator, concurrent ``POST
+/ingest`` requests), because callers take turns from numbering to the ring.
+
+The writer task writes each batch to the segment files and only then
+publishes it through :meth:`Service.publish`, so no client ever sees a tick a
+process crash could lose (SPEC §5). A scale-out
 edge has no producer: it publishes what it reads from the stream.
 
 With ``redis_url`` set, the producer also runs an :class:`~tickcast.scaleout.Appender`
@@ -15,8 +21,10 @@ restarts it re-appends whatever the stream is missing.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -24,7 +32,7 @@ from tickcast.config import Config
 from tickcast.metrics import ServiceStatistics
 from tickcast.service import Service
 from tickcast.storage.local import LocalHistory
-from tickcast.tick import EncodedTick
+from tickcast.tick import OPTIONAL_KEYS, EncodedTick
 
 if TYPE_CHECKING:
     from tickcast.scaleout import Appender
@@ -39,6 +47,7 @@ class Producer:
     service: Service
     log: LocalHistory  # the same object as ``service.history``
     appender: Appender | None = field(default=None)
+    _turn: trio.Lock = field(default_factory=trio.Lock, repr=False)
 
     @classmethod
     async def open(cls, config: Config) -> Producer:
@@ -72,17 +81,55 @@ class Producer:
         )
         return ServiceStatistics(base.history, base.hub, base.limits, base.traffic, extra)
 
-    async def produce(self, tick: EncodedTick) -> None:
-        """Append ``tick`` (``t`` must be ``log.next_t``) to the ring and the writer's queue.
+    @property
+    def next_t(self) -> int:
+        """The ``t`` :meth:`produce` gives the next tick (the simulator seeds its step with it)."""
+        return self.log.next_t
+
+    async def produce(self, payload: Mapping[str, Any]) -> EncodedTick:
+        """Number one tick's content, append it to the ring and the writer's queue.
+
+        ``payload`` carries the content keys ``s, agents, actions, matches`` and
+        optionally ``ts`` (unix seconds); anything else in it (a ``type`` or ``t``)
+        is ignored. The tick gets ``t = next_t`` and, without a ``ts``, the time
+        now. Concurrent callers (several ``POST /ingest`` requests) take turns, in
+        the order they called, so ``t`` stays consecutive without a lock of theirs.
 
         Waits only on the writer's bounded queue; never on a client. The tick is
         published once it is written: by the writer, or before this returns when
         the writer was idle (``LocalHistory.append``; then this does not yield).
 
+        Returns:
+            The encoded tick, as clients and the segment files will see it.
+
         Raises:
             StoreError: the writer has failed.
+            KeyError: a content key is missing (callers validate first).
         """
-        await self.log.append(tick)
+        # One produce() at a time from numbering to the ring: append() may wait (the
+        # writer's backpressure), and a second caller must not take the same t. The
+        # lock is taken without a yield when free (the simulator's every tick).
+        try:
+            self._turn.acquire_nowait()
+        except trio.WouldBlock:
+            await self._turn.acquire()
+        try:
+            return await self._produce(payload)
+        finally:
+            self._turn.release()
+
+    async def _produce(self, payload: Mapping[str, Any]) -> EncodedTick:
+        ts = payload.get("ts")
+        tick: dict[str, Any] = {
+            "type": "tick",
+            "t": self.log.next_t,
+            "ts": round(time.time() if ts is None else float(ts), 6),
+        }
+        for key in OPTIONAL_KEYS:
+            tick[key] = payload[key]
+        encoded = EncodedTick.from_dict(tick)
+        await self.log.append(encoded)
+        return encoded
 
     async def run_writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -1,93 +1,44 @@
-"""The nursery that owns everything (SPEC §8).
+"""``tickcast serve`` and ``tickcast edge``: the assembly behind our own listener.
+
+Hypercorn's shape is the model: ``serve(config, *, shutdown_trigger, task_status)``
+runs until ``shutdown_trigger`` returns (or forever), then stops cleanly, and
+``task_status.started`` receives the bound port (useful with ``port=0``).
 
 ::
 
-    serve()                          outer nursery
-    ├── Producer.run_writer          segment writer; publishes each tick once written
-    └── inner nursery
-        ├── run_simulator            the source (or nothing: POST /ingest feeds it)
-        ├── app_lifespan             the Quart app's startup/shutdown hooks, app.nursery
-        └── serve_frontdoor          listener: /ws/stream -> raw session, rest -> Hypercorn
+    serve(config) / serve_edge(config)
+    └── assemble(config, role, front=serve_frontdoor)     see assembly.py
+        └── serve_frontdoor                              the listener: /ws/stream -> raw
+                                                         sessions, the rest -> Hypercorn
 
-Shutdown is cancellation, inner first: the source stops and every stream client
-gets close 1001 (bounded by 2 s), then the writer is cancelled,
-writes what is queued, fsyncs and closes the store. Every tick a client received
-was queued for the writer before it was published, so it is on disk after a clean
-stop.
+What this module owns is only what differs between the roles and the signals:
+which role is opened (:func:`~tickcast.assembly.open_role`), whether the port is
+shared (``reuse_port``, edges only), what is logged, and the SIGINT/SIGTERM
+trigger of the command line. Everything else (the order tasks start and stop
+in, the app's lifespan, the service attached to the routes) is the assembly's.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
+from tickcast.assembly import assemble, open_role
 from tickcast.config import Config
 from tickcast.producer import Producer
-from tickcast.service import Service
-from tickcast.sources.simulated import run_simulator
-from tickcast.web.app import attach, create_app
-from tickcast.web.frontdoor import listen, serve_frontdoor
-from tickcast.web.lifespan import app_lifespan
+from tickcast.web.frontdoor import serve_frontdoor
 
 if TYPE_CHECKING:
     from tickcast.edge import Edge
 
-__all__ = [
-    "run_producer",
-    "serve",
-    "serve_edge",
-    "serve_edge_until_signal",
-    "serve_until_signal",
-    "steady_state",
-]
+__all__ = ["serve", "serve_edge", "serve_edge_until_signal", "serve_until_signal"]
 
 log = logging.getLogger("tickcast.server")
-
-
-@contextmanager
-def steady_state(service: Service) -> Iterator[None]:
-    """Start-up is over: its objects are frozen, and GC pauses exported, for the block.
-
-    ``gc.freeze()`` moves every object made so far (modules, the app, the routes)
-    out of the collector's reach: a full collection then scans only what serving
-    made. Without it, under a stock Hypercorn, a full collection ran every ~2.2 s
-    and took 40-62 ms, and every tick it caught was that late for every client.
-    """
-    gc.collect()
-    gc.freeze()
-    service.metrics.watch_gc()
-    try:
-        yield
-    finally:
-        service.metrics.unwatch_gc()
-
-
-async def run_producer(
-    config: Config,
-    *,
-    producer: Producer | None = None,
-    task_status: trio.TaskStatus[Producer] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Open history and run the writer and the source until cancelled (no listener).
-
-    ``asgi.py`` uses this under a stock Hypercorn; :func:`serve` adds the listener.
-    """
-    if producer is None:
-        producer = await Producer.open(config)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(producer.run_writer)
-        if config.source == "sim":
-            await nursery.start(run_simulator, producer)
-        if producer.appender is not None:
-            await nursery.start(producer.appender.run)
-        task_status.started(producer)
-        await trio.sleep_forever()
 
 
 async def serve(
@@ -97,40 +48,17 @@ async def serve(
     producer: Producer | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run tickcast until ``shutdown_trigger`` returns (or forever), then stop cleanly.
+    """Run the producer until ``shutdown_trigger`` returns (or forever), then stop cleanly.
 
-    ``task_status.started`` receives the bound port (useful with ``port=0``).
     ``producer`` lets a caller (tests, embedding) open the producer itself.
+
+    Raises:
+        ConfigError: the port cannot be bound (in use, not permitted).
+        StoreError: the data directory is locked by another process or unreadable.
     """
     if producer is None:
         producer = await Producer.open(config)
-    service = producer.service
-    app = create_app()
-    attach(app, service, producer=producer)
-    lsock = listen(config.host, config.port)
-    port = int(lsock.getsockname()[1])
-    try:
-        async with trio.open_nursery() as outer:
-            await outer.start(producer.run_writer)
-            async with trio.open_nursery() as inner, app_lifespan(app):
-                if config.source == "sim":
-                    await inner.start(run_simulator, producer)
-                if producer.appender is not None:
-                    await inner.start(producer.appender.run)
-                await inner.start(serve_frontdoor, service, app, lsock)
-                log.info("tickcast listening on http://%s:%d", config.host, port)
-                with steady_state(service):
-                    task_status.started(port)
-                    if shutdown_trigger is None:
-                        await trio.sleep_forever()
-                    await shutdown_trigger()
-                log.info("shutting down: closing stream clients with 1001")
-                inner.cancel_scope.cancel()
-            outer.cancel_scope.cancel()
-    finally:
-        attach(app, None)
-        lsock.close()
-    log.info("stopped; latest t %s", service.history.latest_t)
+    await _serve(config, producer, "tickcast", shutdown_trigger, task_status)
 
 
 async def serve_edge(
@@ -140,39 +68,58 @@ async def serve_edge(
     edge: Edge | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a scale-out edge (SPEC §7) until ``shutdown_trigger`` returns.
+    """Run a scale-out edge until ``shutdown_trigger`` returns.
 
     The same listener, routes and sessions as :func:`serve`, over a history read
-    from the Redis stream instead of a source and segment files. ``started``
-    receives the bound port. ``edge`` lets a caller (tests) build the edge itself.
-    """
-    if edge is None:
-        from tickcast.edge import Edge  # coredis and httpx only for an edge (~0.4 s)
+    from the Redis stream instead of a source and segment files; with
+    ``reuse_port`` several edges share the port. ``edge`` lets a caller (tests)
+    build the edge itself.
 
-        edge = Edge(config)
-    service = edge.service
-    app = create_app()
-    attach(app, service)
-    lsock = listen(config.host, config.port, reuse_port=config.reuse_port)
-    port = int(lsock.getsockname()[1])
-    try:
-        async with trio.open_nursery() as nursery, app_lifespan(app):
-            await nursery.start(edge.run)
-            await nursery.start(serve_frontdoor, service, app, lsock)
-            log.info("tickcast edge listening on http://%s:%d", config.host, port)
-            with steady_state(service):
-                task_status.started(port)
-                if shutdown_trigger is None:
-                    await trio.sleep_forever()
-                await shutdown_trigger()
-            log.info("shutting down: closing stream clients with 1001")
-            nursery.cancel_scope.cancel()
-    finally:
-        attach(app, None)
-        lsock.close()
+    Raises:
+        ConfigError: the port cannot be bound.
+    """
+    role = edge if edge is not None else await open_role(config, edge=True)
+    await _serve(config, role, "tickcast edge", shutdown_trigger, task_status)
+
+
+async def _serve(
+    config: Config,
+    role: Producer | Edge,
+    name: str,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None,
+    task_status: trio.TaskStatus[int],
+) -> None:
+    """:func:`serve` and :func:`serve_edge` after their role is open.
+
+    The front door binds inside the assembly, after the app's startup hooks and
+    before any source (see ``assembly.py``): a busy port stops start-up before a
+    tick is made. The block below is the serving period; leaving it is the
+    shutdown, in the assembly's order.
+    """
+    # Only edges share a port (several edge processes behind one address); a
+    # second producer on the same data would be refused by the directory lock.
+    reuse_port = config.reuse_port and not isinstance(role, Producer)
+    front = partial(serve_frontdoor, host=config.host, port=config.port, reuse_port=reuse_port)
+    async with assemble(config, role, front=front) as running:
+        assert running.port is not None  # a front reports its port
+        log.info("%s listening on http://%s:%d", name, config.host, running.port)
+        task_status.started(running.port)
+        if shutdown_trigger is None:
+            await trio.sleep_forever()
+        await shutdown_trigger()
+        log.info("shutting down: closing stream clients with 1001")
+    if isinstance(role, Producer):
+        log.info("stopped; latest t %s", role.service.history.latest_t)
 
 
 async def _first_signal() -> None:
+    """Return at the first SIGINT or SIGTERM (the command line's shutdown trigger).
+
+    The signals' previous handlers are back once it returns: during the
+    shutdown a second Ctrl-C raises ``KeyboardInterrupt`` (trio's handler) and a
+    second SIGTERM ends the process at once (the default action), without waiting
+    for the close grace.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s", signal.Signals(signum).name)

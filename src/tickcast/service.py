@@ -5,6 +5,13 @@ files, see ``producer.py``) and for a scale-out edge (history from a Redis
 stream): config, a :class:`~tickcast.storage.history.History`, the hub, the
 connection limits, the traffic counters and the metrics. Its role feeds it
 through :meth:`Service.publish`, once per tick, in ``t`` order.
+
+Invariants: :meth:`Service.publish` is synchronous and never awaits a client
+(the hub's rule); the service owns no task (its role's tasks run in the
+assembly's nurseries, ``assembly.py``); what ``/health`` reports is the
+history's health plus the failures its components recorded with
+:meth:`Service.fail`, and streams are refused (503) only while
+:attr:`Service.waiting` says why.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ class Service:
     metrics: Metrics
     started_at: float = field(default_factory=time.monotonic)
     failures: dict[str, str] = field(default_factory=dict)
+    # Why streams cannot start yet, set by the role: an edge until it knows which
+    # epoch it serves (the first tick of the stream). None: ready.
+    waiting: str | None = None
 
     @classmethod
     def create(cls, config: Config, history: History) -> Service:
@@ -72,11 +82,8 @@ class Service:
             log.info("%s recovered", component)
 
     def unavailable(self) -> str | None:
-        """Why streams cannot start now (an edge not yet fed), or None."""
-        if self.history.ready:
-            return None
-        _, reasons = self.history.health()
-        return "; ".join(reasons) or "not ready"
+        """Why streams cannot start now (:attr:`waiting`: an edge not yet fed), or None."""
+        return self.waiting
 
     def health(self) -> tuple[bool, list[str]]:
         ok, reasons = self.history.health()

@@ -42,11 +42,6 @@ class Limits:
         """Connections refused by a limit so far."""
         return self._refused
 
-    @property
-    def per_ip(self) -> dict[str, int]:
-        """A copy of the slots held per client address."""
-        return dict(self._per_ip)
-
     def statistics(self) -> LimitsStatistics:
         return LimitsStatistics(open=self._total, refused=self._refused)
 

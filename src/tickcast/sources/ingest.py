@@ -4,26 +4,27 @@ The route is ``app.py``'s ``POST /ingest``, with ``Authorization: Bearer
 <ingest_token>`` and a JSON body that is one tick's content or a list of them:
 ``{"s":{...},"agents":[...],"actions":[...],"matches":[...]}`` (``ts`` optional).
 The server assigns ``t`` (so numbering stays gap-free across restarts) and ``ts``
-when absent, then the tick takes the same path as a simulated one. Only with
-``--source ingest``. This module builds the tick from what was posted.
+when absent (:meth:`Producer.produce <tickcast.producer.Producer.produce>`),
+then the tick takes the same path as a simulated one. Only with ``--source
+ingest``. This module checks what was posted, before any of it is numbered.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 
 from tickcast.tick import OPTIONAL_KEYS
 
-__all__ = ["MAX_INGEST_BYTES", "build_tick"]
+__all__ = ["MAX_INGEST_BYTES", "tick_content"]
 
 MAX_INGEST_BYTES = 16 * 2**20
 
 
-def build_tick(t: int, content: Any) -> dict[str, Any]:
-    """A tick dict in SPEC key order from posted content.
+def tick_content(content: Any) -> dict[str, Any]:
+    """One tick's checked content from what was posted: ``s, agents, actions, matches``
+    and ``ts`` when given (a float). ``Producer.produce`` numbers it.
 
     Raises:
         ValueError: the content is not an object with the four tick keys.
@@ -38,12 +39,12 @@ def build_tick(t: int, content: Any) -> dict[str, Any]:
     for key in ("agents", "actions", "matches"):
         if not isinstance(content[key], list):
             raise ValueError(f"{key!r} must be a list")
-    ts = content.get("ts", time.time())
-    if isinstance(ts, bool) or not isinstance(ts, int | float):
-        raise ValueError("'ts' must be a number")
-    tick: dict[str, Any] = {"type": "tick", "t": t, "ts": round(float(ts), 6)}
-    for key in OPTIONAL_KEYS:
-        tick[key] = content[key]
+    tick: dict[str, Any] = {key: content[key] for key in OPTIONAL_KEYS}
+    if "ts" in content:
+        ts = content["ts"]
+        if isinstance(ts, bool) or not isinstance(ts, int | float):
+            raise ValueError("'ts' must be a number")
+        tick["ts"] = float(ts)
     # What JSON parsed may still not encode: orjson reads 1024 levels of nesting but
     # writes only 254. Found by fuzzing /ingest (it was a 500); one extra encode per
     # ingested tick, which is not the hot path.

@@ -11,9 +11,11 @@ no exception and no deadline in trio's heap.
 
 Both timers keep to the grid ``start + k * period``, so the rate does not drift
 with the cost of a step, and neither bursts after a stall: :meth:`Metronome.wait`
-returns once, with the number of periods that went by. The timerfd is used only
-where trio's clock is the system's: under ``trio.testing.MockClock`` (tests) the
-metronome sleeps on the mock clock, so virtual time keeps working.
+returns once, with the number of periods that went by. The timerfd counts the
+kernel's monotonic time, which is trio's default clock; a caller running trio on
+another clock (``trio.testing.MockClock`` in tests) says so with
+``clock="trio"``, and the metronome sleeps on that clock instead, so virtual
+time keeps working. The choice is the caller's: nothing here guesses it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 import os
 import sys
 from types import TracebackType
+from typing import Literal
 
 import trio
 
@@ -76,38 +79,31 @@ def _timerfd(period: float) -> int | None:
     return fd
 
 
-def _virtual_clock() -> bool:
-    """Whether trio runs on ``trio.testing.MockClock``.
-
-    Only if ``trio.testing`` was imported (it imports pytest: not in production).
-    """
-    testing = sys.modules.get("trio.testing")
-    return testing is not None and isinstance(trio.lowlevel.current_clock(), testing.MockClock)
-
-
 class Metronome:
     """Wake every ``period`` seconds, counted from when the metronome was entered.
 
     Use as ``with Metronome(period) as beat: ... await beat.wait()``.
 
+    ``clock`` is the time the grid is on: ``"kernel"`` (default), the kernel's
+    monotonic clock through a timerfd where there is one (Linux), which is what
+    trio's default clock reads, else trio's sleep; ``"trio"``, always trio's
+    sleep on trio's current clock, for a run on a clock of its own (a
+    ``MockClock``).
+
     Raises:
         ValueError: ``period`` is not a positive finite number.
     """
 
-    def __init__(self, period: float) -> None:
+    def __init__(self, period: float, *, clock: Literal["kernel", "trio"] = "kernel") -> None:
         if not (math.isfinite(period) and period > 0):
             raise ValueError(f"period must be a positive number of seconds, got {period}")
         self.period = period
+        self.clock = clock
         self._fd: int | None = None
         self._deadline = 0.0  # the fallback's next grid point (trio time)
 
-    @property
-    def uses_timerfd(self) -> bool:
-        """Whether the kernel's timer drives this metronome (else trio's sleep)."""
-        return self._fd is not None
-
     def __enter__(self) -> Metronome:
-        if not _virtual_clock():
+        if self.clock == "kernel":
             self._fd = _timerfd(self.period)
         self._deadline = trio.current_time() + self.period
         return self

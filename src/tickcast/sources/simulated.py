@@ -1,4 +1,11 @@
-"""The built-in simulator as a source: ``Market.step`` on a timer, into the producer."""
+"""The built-in simulator as a source: ``Market.step`` on a timer, into the producer.
+
+Owns nothing but its loop. The market's randomness is a function of the seed and
+``t``, so each step is seeded with :attr:`Producer.next_t`, the ``t``
+:meth:`Producer.produce` then gives that tick: nothing yields between the two,
+and with ``source=sim`` the simulator is the only caller of ``produce``. On a
+restart the market resumes from the newest stored tick (``History.latest``).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,6 @@ from tickcast.errors import StoreError
 from tickcast.producer import Producer
 from tickcast.sources.metronome import Metronome
 from tickcast.sources.simulator import Market
-from tickcast.tick import EncodedTick
 
 __all__ = ["run_simulator"]
 
@@ -23,7 +29,7 @@ log = logging.getLogger("tickcast.source")
 def _market(producer: Producer) -> Market:
     config = producer.service.config
     seed = config.seed if config.seed is not None else secrets.randbits(32)
-    last = producer.log.ring.latest()
+    last = producer.log.latest()
     if last is None:
         log.info("simulator: new market, seed %d, %d agents", seed, config.agents)
         return Market(agents=config.agents, seed=seed)
@@ -47,9 +53,7 @@ async def run_simulator(
     try:
         with Metronome(1.0 / service.config.rate) as metronome:
             while True:
-                t = producer.log.next_t
-                tick = EncodedTick.from_dict(market.step(t, time.time()))
-                await producer.produce(tick)
+                await producer.produce(market.step(producer.next_t, time.time()))
                 await metronome.wait()
     except StoreError as exc:
         service.fail("simulator", f"stopped: {exc}")

@@ -50,11 +50,6 @@ class History(Protocol):
         ...
 
     @property
-    def ready(self) -> bool:
-        """False while it cannot say which history it serves (an edge not yet fed)."""
-        ...
-
-    @property
     def oldest_t(self) -> int | None:
         """The oldest readable ``t`` (None while nothing is published)."""
         ...

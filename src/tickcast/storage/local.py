@@ -61,8 +61,7 @@ WRITE_QUEUE = 1024  # ticks the writer may lag behind the source before the sour
 READ_THREADS = 4  # concurrent history reads off the event loop
 
 
-def _unpublished(tick: EncodedTick) -> None:
-    raise AssertionError("LocalHistory.run_writer was not started")
+Publish = Callable[[EncodedTick], None]
 
 
 class LocalHistory:
@@ -84,12 +83,12 @@ class LocalHistory:
         self._written_changed = trio.Event()
         self._published_t: int | None = ring.latest_t
         self._first_t = store.next_t  # the first t published by this process
-        self._publish: Callable[[EncodedTick], None] = _unpublished
         self._published: trio.Event | None = None  # set (and dropped) on each publish
         self._threaded_until = 0.0  # monotonic time until which every write uses a thread
-        # True while the writer waits for a tick with nothing queued or in hand: then
-        # append() may write and publish the tick itself (see append).
-        self._parked = False
+        # The writer's publish callback while it waits for a tick with nothing queued
+        # or in hand (None otherwise, and before it starts): then append() may write
+        # and publish the tick itself (see append). Only the writer sets it.
+        self._parked: Publish | None = None
         self.failure: str | None = None
 
     # -- opening ----------------------------------------------------------------------
@@ -134,10 +133,6 @@ class LocalHistory:
         """The ``t`` the next appended tick must carry."""
         latest = self.ring.latest_t
         return self.store.next_t if latest is None else latest + 1
-
-    @property
-    def ready(self) -> bool:
-        return True
 
     @property
     def next_published_t(self) -> int:
@@ -186,15 +181,16 @@ class LocalHistory:
         await self._wait_written(tick.t - self.ring.capacity)
         self.ring.append(tick)
         records = [(tick.t, tick.raw)]
-        if self._parked and self._inline_ok(records):
+        publish = self._parked
+        if publish is not None and self._inline_ok(records):
             try:
                 self._write_inline(records)
             except (StoreError, OSError) as exc:
                 self._fail(f"{type(exc).__name__}: {exc}")
                 raise StoreError(f"writer failed: {self.failure}") from exc
-            self._written([tick])
+            self._written([tick], publish)
             return
-        self._parked = False  # the writer has work from here on (it parks again when idle)
+        self._parked = None  # the writer has work from here on (it parks again when idle)
         await self._send.send(tick)
 
     async def _wait_written(self, t: int) -> None:
@@ -207,7 +203,7 @@ class LocalHistory:
 
     async def run_writer(
         self,
-        publish: Callable[[EncodedTick], None],
+        publish: Publish,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -226,26 +222,25 @@ class LocalHistory:
         queued tick. A store failure is recorded in :attr:`failure` (``/health``
         turns 503) and ends the task; unwritten ticks are never published.
         """
-        self._publish = publish
         task_status.started()
         try:
             while self.failure is None:
                 batch = self._drain()
                 if not batch:
                     # Parked: append() may write and publish ticks itself meanwhile.
-                    self._parked = True
+                    self._parked = publish
                     try:
                         with trio.move_on_after(1.0) as idle:
                             batch = [await self._receive.receive()]
                     finally:
-                        self._parked = False
+                        self._parked = None
                     if idle.cancelled_caught:
                         # A second without a queued tick (some may have been written
                         # inline): fsync=interval syncs here, and retention runs.
                         if self.failure is None:  # an inline write may have failed
                             await trio.to_thread.run_sync(self._idle_upkeep)
                         continue
-                await self._write([*batch, *self._drain()])
+                await self._write([*batch, *self._drain()], publish)
                 if self.store.sync_due():  # fsync=interval: a second since the last sync
                     await trio.to_thread.run_sync(self.store.sync)
         except StoreError as exc:
@@ -257,7 +252,7 @@ class LocalHistory:
                 rest = self._drain()
                 try:
                     if rest and self.failure is None:
-                        await self._write(rest)
+                        await self._write(rest, publish)
                     await trio.to_thread.run_sync(self.store.close)
                 except (StoreError, OSError) as exc:
                     self._fail(f"{type(exc).__name__}: {exc}")
@@ -276,13 +271,13 @@ class LocalHistory:
             except trio.WouldBlock:
                 return out
 
-    async def _write(self, batch: list[EncodedTick]) -> None:
+    async def _write(self, batch: list[EncodedTick], publish: Publish) -> None:
         records = [(tick.t, tick.raw) for tick in batch]
         if self._inline_ok(records):
             self._write_inline(records)
         else:
             await trio.to_thread.run_sync(self.store.append, records)
-        self._written(batch)
+        self._written(batch, publish)
 
     def _inline_ok(self, records: list[tuple[int, bytes]]) -> bool:
         """Whether the append of ``records`` may be made on the event loop (module docstring)."""
@@ -300,12 +295,11 @@ class LocalHistory:
             logger.warning("segment write took %.1f ms; writing in a thread", took * 1e3)
             self._threaded_until = now + THREADED_FOR_S
 
-    def _written(self, batch: list[EncodedTick]) -> None:
-        """``batch`` is written: mark it, then publish each of its ticks."""
+    def _written(self, batch: list[EncodedTick], publish: Publish) -> None:
+        """``batch`` is written: mark it, then ``publish`` each of its ticks."""
         self._written_t = batch[-1].t
         self._written_changed.set()
         self._written_changed = trio.Event()
-        publish = self._publish
         for tick in batch:
             self._published_t = tick.t
             publish(tick)

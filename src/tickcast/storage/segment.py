@@ -3,7 +3,7 @@
 Plain synchronous Python (no trio). :class:`Segment` is the segment's metadata
 and its read / repair logic; :class:`SegmentWriter` appends to the last one.
 The policy around them (which segment is open, rollover, retention, locking)
-lives in :mod:`tickcast.log.store`. ``docs/storage.md`` is the format spec.
+lives in :mod:`tickcast.storage.store`. ``docs/storage.md`` is the format spec.
 """
 
 # File invariants (what every function here relies on and re-establishes):
@@ -57,7 +57,7 @@ __all__ = [
     "write_atomic",
 ]
 
-logger = logging.getLogger("tickcast.log")
+logger = logging.getLogger("tickcast.storage")
 
 INDEX_MAGIC = b"TKCIDX01"
 HEADER = struct.Struct("<8sQ")  # magic, base_t

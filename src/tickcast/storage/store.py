@@ -45,7 +45,7 @@ from tickcast.storage.segment import (
 
 __all__ = ["CLEAN_NAME", "EPOCH_NAME", "LOCK_NAME", "FsyncPolicy", "SegmentStore"]
 
-logger = logging.getLogger("tickcast.log")
+logger = logging.getLogger("tickcast.storage")
 
 EPOCH_NAME = "EPOCH"  # random id of this history, one line of hex
 CLEAN_NAME = "CLEAN"  # written by close(), deleted by open(): the last shutdown was clean

@@ -1,8 +1,10 @@
 """The Quart-Trio app: routes only (SPEC §4), plus ``/ws/stream`` over ASGI.
 
 The app owns no tasks: the service (history, hub, source, writer) lives in the
-nursery of ``server.py`` or of the ASGI lifespan (``asgi.py``), and is attached
-with :func:`attach`. Every error response is JSON ``{"error", "detail"}``.
+nursery of ``assembly.py``, which attaches it (:meth:`TickcastApp.attach`) for
+as long as it runs. Routes reach it through one typed accessor,
+:meth:`TickcastApp.mounted`, which answers 503 ``unavailable`` while nothing is
+attached. Every error response is JSON ``{"error", "detail"}``.
 
 ``/ws/stream`` here is the portable transport for a stock ``hypercorn`` deployment
 (``transports.asgi``); ``tickcast serve`` answers it on its raw fast path instead
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
@@ -22,7 +25,7 @@ import msgspec
 import orjson
 import trio
 from msgspec import UNSET, Meta, UnsetType
-from quart import Quart, Response, request, websocket
+from quart import Response, request, websocket
 from quart_schema import document_querystring, document_response, security_scheme
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -31,7 +34,7 @@ from tickcast.errors import CorruptRecordError, StoreError, error_body
 from tickcast.metrics import CONTENT_TYPE
 from tickcast.producer import Producer
 from tickcast.service import Service
-from tickcast.sources.ingest import MAX_INGEST_BYTES, build_tick
+from tickcast.sources.ingest import MAX_INGEST_BYTES, tick_content
 from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.heartbeats import Heartbeats, service_heartbeats
@@ -49,13 +52,10 @@ from tickcast.web.openapi import (
     takes_query,
 )
 
-__all__ = ["attach", "create_app"]
+__all__ = ["Mount", "TickcastApp", "create_app"]
 
 log = logging.getLogger("tickcast.app")
 
-SERVICE_KEY = "TICKCAST_SERVICE"
-PRODUCER_KEY = "TICKCAST_PRODUCER"
-BEATS_KEY = "TICKCAST_HEARTBEATS"  # the stream sessions' heartbeat timer, once started
 MAX_LIMIT = 10_000
 
 
@@ -147,16 +147,8 @@ def error_response(status: int, error: str, detail: str) -> Response:
     return Response(error_body(error, detail), status=status, content_type="application/json")
 
 
-def _service(app: Quart) -> Service:
-    service = app.config.get(SERVICE_KEY)
-    if service is None:
-        raise _Unavailable
-    assert isinstance(service, Service)
-    return service
-
-
 class _Unavailable(Exception):
-    pass
+    """No service is attached (starting or stopping): 503 ``unavailable``."""
 
 
 def _authorize(service: Service) -> None:
@@ -165,35 +157,58 @@ def _authorize(service: Service) -> None:
     authorize(service.config.read_token, request.args, authorization=auth)
 
 
-def attach(app: Quart, service: Service | None, *, producer: Producer | None = None) -> None:
-    """Give the app its running service (None detaches it).
+@dataclass(frozen=True, eq=False)
+class Mount:
+    """What the routes serve: the running service, and its producer if it has one.
 
-    ``producer`` is the service's producer role, if it has one (``POST /ingest``).
+    ``producer`` is None on an edge; ``POST /ingest`` appends through it.
     """
-    app.config[SERVICE_KEY] = service
-    app.config[PRODUCER_KEY] = producer
-    app.config[BEATS_KEY] = None
+
+    service: Service
+    producer: Producer | None = None
 
 
-def _heartbeats(app: QuartTrio, service: Service) -> Heartbeats:
-    """The one heartbeat timer of the app's stream sessions, started on first use.
+class TickcastApp(QuartTrio):
+    """The Quart-Trio app, with the one slot the routes find the running service in."""
 
-    It runs in ``app.nursery`` (open while the app is served) and ends with it.
-    """
-    beats = app.config.get(BEATS_KEY)
-    if beats is None:
-        beats = app.config[BEATS_KEY] = service_heartbeats(service)
-        app.nursery.start_soon(beats.run)
-    assert isinstance(beats, Heartbeats)
-    return beats
+    def __init__(self) -> None:
+        super().__init__("tickcast")
+        self._mount: Mount | None = None
+        self._beats: Heartbeats | None = None
+
+    def attach(self, mount: Mount | None) -> None:
+        """Serve ``mount`` from now on; None detaches it (routes answer 503)."""
+        self._mount = mount
+        self._beats = None
+
+    def mounted(self) -> Mount:
+        """The attached service (and producer), for a route.
+
+        Raises:
+            _Unavailable: nothing is attached (the handler answers 503 ``unavailable``).
+        """
+        if self._mount is None:
+            raise _Unavailable
+        return self._mount
+
+    def heartbeats(self) -> Heartbeats:
+        """The one heartbeat timer of the app's stream sessions, started on first use.
+
+        It runs in ``app.nursery`` (open while the app is served) and ends with it;
+        attaching another service starts a new one.
+        """
+        if self._beats is None:
+            self._beats = service_heartbeats(self.mounted().service)
+            self.nursery.start_soon(self._beats.run)
+        return self._beats
 
 
 # -- the app --------------------------------------------------------------------------------
 
 
-def create_app() -> QuartTrio:
+def create_app() -> TickcastApp:
     """The Quart-Trio app with every route; attach a service before serving."""
-    app = QuartTrio("tickcast")
+    app = TickcastApp()
     openapi.install(app)
     keepalive.install(app)
     app.register_blueprint(apidocs.blueprint)
@@ -243,7 +258,7 @@ def create_app() -> QuartTrio:
     @answers(503)
     async def health() -> Response:
         """Liveness and the range of history; 503 when the source or writer failed."""
-        service = _service(app)
+        service = app.mounted().service
         history = service.history
         ok, reasons = service.health()
         body: dict[str, Any] = {
@@ -274,7 +289,7 @@ def create_app() -> QuartTrio:
         too, the first that meets both). The page stops at ``to_t`` and at the last
         tick whose ``ts <= to_ts`` (both inclusive).
         """
-        service = _service(app)
+        service = app.mounted().service
         _authorize(service)
         query = parse_page_params(request.args)
         limit = 1000 if query.limit is None else min(query.limit, MAX_LIMIT)
@@ -303,7 +318,7 @@ def create_app() -> QuartTrio:
     @answers(503)
     async def metrics() -> Response:
         """Prometheus text exposition."""
-        return Response(_service(app).metrics.render(), content_type=CONTENT_TYPE)
+        return Response(app.mounted().service.metrics.render(), content_type=CONTENT_TYPE)
 
     @app.get("/")
     @page("text/html", description="The dashboard page.")
@@ -312,7 +327,7 @@ def create_app() -> QuartTrio:
     @takes_query("token")
     async def dashboard() -> Response:
         """The live dashboard."""
-        _authorize(_service(app))
+        _authorize(app.mounted().service)
         body = resources.files("tickcast").joinpath("web/static/dashboard.html").read_bytes()
         return Response(body, content_type="text/html; charset=utf-8")
 
@@ -329,7 +344,7 @@ def create_app() -> QuartTrio:
 
     @app.websocket("/ws/stream")
     async def stream() -> Response | None:
-        service = _service(app)
+        service = app.mounted().service
         try:
             admission = admit(
                 service.limits,
@@ -344,7 +359,7 @@ def create_app() -> QuartTrio:
             response = error_response(refused.status, refused.error, refused.detail)
             response.headers.update(refused.headers())
             return response
-        beats = _heartbeats(app, service)
+        beats = app.heartbeats()
         session = AsgiSession(service, admission.params, ip=admission.ip, beats=beats)
         try:
             await websocket.accept()
@@ -354,8 +369,6 @@ def create_app() -> QuartTrio:
         await session.serve()  # releases the slot itself
         return None
 
-    numbering = trio.Lock()  # one ingest request at a time assigns t: t stays consecutive
-
     @app.post("/ingest")
     @json_body(schemas.TickContent | list[schemas.TickContent], "One tick's content, or a list.")
     @document_response(IngestResponse, 200)
@@ -363,9 +376,8 @@ def create_app() -> QuartTrio:
     @security_scheme(INGEST_ACCESS)
     async def ingest() -> Response:
         """Append ticks from an external simulation (bearer token; ``--source ingest``)."""
-        service = _service(app)
-        config = service.config
-        producer = app.config.get(PRODUCER_KEY)
+        mount = app.mounted()
+        service, producer, config = mount.service, mount.producer, mount.service.config
         if config.source != "ingest" or not config.ingest_token or producer is None:
             detail = "this server's source is the built-in simulator"
             return error_response(409, "not_ingest", detail)
@@ -381,22 +393,21 @@ def create_app() -> QuartTrio:
         except orjson.JSONDecodeError:
             return error_response(400, "bad_request", "body is not JSON")
         items = payload if isinstance(payload, list) else [payload]
-        log_ = producer.log
-        async with numbering:
-            t0 = log_.next_t
-            try:
-                ticks = [build_tick(t0 + i, c) for i, c in enumerate(items)]
-            except ValueError as exc:
-                return error_response(400, "bad_request", str(exc))
-            try:
-                for tick in ticks:
-                    await producer.produce(EncodedTick.from_dict(tick))
-                    await trio.lowlevel.checkpoint()  # produce() may not yield: a long list
-                if ticks:  # answer once they are written and published
-                    await service.wait_for_t(ticks[-1]["t"])
-            except StoreError as exc:
-                return error_response(503, "unavailable", str(exc))
-        out = {"accepted": len(ticks), "first_t": t0, "latest_t": service.history.latest_t}
+        try:
+            contents = [tick_content(c) for c in items]  # all checked before any is numbered
+        except ValueError as exc:
+            return error_response(400, "bad_request", str(exc))
+        ticks: list[EncodedTick] = []
+        try:
+            for content in contents:
+                ticks.append(await producer.produce(content))  # numbered there, in turn
+                await trio.lowlevel.checkpoint()  # produce() may not yield: a long list
+            if ticks:  # answer once they are written and published
+                await service.wait_for_t(ticks[-1].t)
+        except StoreError as exc:
+            return error_response(503, "unavailable", str(exc))
+        first_t = ticks[0].t if ticks else producer.next_t
+        out = {"accepted": len(ticks), "first_t": first_t, "latest_t": service.history.latest_t}
         return Response(msgspec.json.encode(out), content_type="application/json")
 
     return app
