@@ -21,21 +21,21 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet -c $(LOCK)
 .PHONY: run test lock lint typecheck pytest loadtest bench bench-storage bench-fanout clean
 
 # pip and setuptools (the build backend: pyproject.toml pins the same version) come
-# from the lock too.
+# from the lock too, also into a venv made before the lock named them (each install step).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade -c $(LOCK) pip setuptools
 
-$(RUN_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
-	$(PIP_INSTALL) -e .
+$(RUN_STAMP): pyproject.toml $(LOCK) Makefile | $(BIN)/python
+	$(PIP_INSTALL) pip setuptools -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
-	$(PIP_INSTALL) -e '.[dev]'
+$(DEV_STAMP): pyproject.toml $(LOCK) Makefile | $(BIN)/python
+	$(PIP_INSTALL) pip setuptools -e '.[dev]'
 	touch $@ $(RUN_STAMP)
 
-$(LOAD_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
-	$(PIP_INSTALL) -e '.[dev,load]'
+$(LOAD_STAMP): pyproject.toml $(LOCK) Makefile | $(BIN)/python
+	$(PIP_INSTALL) pip setuptools -e '.[dev,load]'
 	touch $@ $(DEV_STAMP) $(RUN_STAMP)
 
 # Re-resolve every dependency (runtime, dev, load) to its newest allowed version in a
