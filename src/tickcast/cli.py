@@ -113,10 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         trio.run(serve_edge_until_signal if command == "edge" else serve_until_signal, config)
-    except TickcastError as exc:  # e.g. the data directory is in use by another process
-        print(f"tickcast: error: {exc}", file=sys.stderr)
+    except (TickcastError, BaseExceptionGroup) as exc:  # e.g. the data directory is in use
+        error = _tickcast_error(exc)
+        if error is None:
+            raise
+        print(f"tickcast: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _tickcast_error(exc: BaseException) -> TickcastError | None:
+    """The one TickcastError behind ``exc``, also when nurseries wrapped it in groups
+    (e.g. an edge refusing a protected stream), else None."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, TickcastError) else None
 
 
 def _publish(args: dict[str, object]) -> int:
