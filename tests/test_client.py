@@ -594,6 +594,62 @@ async def test_blocking_reader_closes_whatever_order_a_read_and_the_close_run_in
             nursery.start_soon(reader.close)
 
 
+HELD_STREAM = """
+import sys, time
+from tickcast.client import Client
+ticks = Client(sys.argv[1], fields=["s"]).stream(from_t=0)
+for tick in ticks:
+    print(tick["t"], flush=True)
+    time.sleep(600)  # Ctrl-C lands here, the stream still held by `ticks`
+"""
+PLAIN_STREAM = """
+import sys
+from tickcast.client import Client
+for tick in Client(sys.argv[1], fields=["s"]).stream():
+    print(tick["t"], flush=True)
+"""
+
+
+async def interrupted(script: str, url: str) -> tuple[int, str]:
+    """Run ``script``, Ctrl-C it once it printed a tick; its exit status and stderr."""
+    proc = await trio.lowlevel.open_process(
+        [PYTHON, "-c", script, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    err = b""
+    try:
+        with trio.fail_after(WAIT_S):
+            assert await proc.stdout.receive_some(65536)  # a tick
+            proc.send_signal(signal.SIGINT)
+            while chunk := await proc.stderr.receive_some(65536):
+                err += chunk
+            await proc.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await proc.stdout.aclose()
+            await proc.stderr.aclose()
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("script", [HELD_STREAM, PLAIN_STREAM], ids=["held", "plain"])
+async def test_ctrl_c_on_a_blocking_stream_prints_one_traceback(
+    server: Running, script: str
+) -> None:
+    # A held stream hung at exit until a second Ctrl-C (its close waited for the
+    # portal's thread during the interpreter's final clean-up), then printed more.
+    for _ in range(3):
+        code, err = await interrupted(script, server.url(""))
+        assert code != 0
+        assert err.count("Traceback") == 1 and err.count("KeyboardInterrupt") == 1, err
+        assert err.rstrip().endswith("KeyboardInterrupt"), err
+
+
 async def test_tail_prints_json_lines_and_ends_quietly_on_ctrl_c(server: Running) -> None:
     cmd = [PYTHON, "-m", "tickcast.cli", "tail", server.url(""), "--from-t", "0", "--fields", "s"]
     proc = await trio.lowlevel.open_process(
