@@ -95,11 +95,13 @@ class ProducerHistory:
         """Note whether ``history_url`` takes our token (401/403: it does not)."""
         if resp.status_code in (401, 403):
             if self.refused is None:
-                sent = "the token sent" if self._token_sent else "no token (none is set)"
+                status, fix = resp.status_code, "set history_token (default: the edge's read_token)"
                 self.refused = (
-                    f"history_url {self._base} refused {sent} with HTTP {resp.status_code}: "
-                    "set history_token (default: the edge's read_token) to a read token "
-                    "the producer accepts"
+                    f"history_url {self._base} refused history_token with HTTP {status}: "
+                    f"{fix} to a read token the producer accepts"
+                    if self._token_sent
+                    else f"history_url {self._base} requires a read token (HTTP {status}) "
+                    f"and none is sent: {fix}"
                 )
                 if self._report is not None:
                     self._report(self.refused)
