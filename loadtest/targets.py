@@ -209,8 +209,10 @@ def start_target(
     cpu: int | None = None,
     extra_args: Sequence[str] = (),
     ready_timeout_s: float = READY_TIMEOUT_S,
+    port: int | None = None,
 ) -> RunningTarget:
-    """Start target ``name`` and wait until ``/health`` answers 200.
+    """Start target ``name`` on ``port`` (None: a free one) and wait until ``/health``
+    answers 200.
 
     Raises:
         TargetError: the process exited or was not ready within ``ready_timeout_s``
@@ -220,7 +222,7 @@ def start_target(
     data_dir = workdir / "segments"
     data_dir.mkdir()
     log_path = workdir / "server.log"
-    port = free_port()
+    port = free_port() if port is None else port
     cmd = build_command(
         name,
         port=port,

@@ -34,12 +34,13 @@ from tickcast.client import (
     BadMessageError,
     Client,
     EpochChangedError,
+    NoProgressError,
     RefusedError,
     StreamClosedError,
     TruncatedError,
 )
 from tickcast.client.blocking import _Reader
-from tickcast.client.cursor import Backoff, Cursor, Next
+from tickcast.client.cursor import MAX_STALLS, Backoff, Cursor, Next
 from tickcast.client.settings import Endpoint
 from tickcast.service import Service
 
@@ -134,6 +135,47 @@ def test_cursor_close_codes() -> None:
     assert refused.value.status == 400
 
 
+def test_cursor_ends_a_run_of_answers_that_move_nothing() -> None:
+    cursor = Cursor(next_t=5)
+    reason = "slow consumer; resume with from_t=5"
+    for _ in range(MAX_STALLS - 1):
+        assert cursor.closed(4008, reason) is Next.NOW
+    with pytest.raises(NoProgressError) as info:
+        cursor.closed(4008, reason)
+    assert (info.value.next_t, info.value.attempts) == (5, MAX_STALLS)
+    assert reason in str(info.value)
+    # A tick in between: the count starts again, and the first 4008 after progress
+    # is an ordinary slow-consumer close.
+    moving = Cursor(next_t=5)
+    for t in range(5, 5 + 3 * MAX_STALLS):
+        moving.take(msg(type="tick", t=t))
+        assert moving.closed(4008, f"slow consumer; resume with from_t={t + 1}") is Next.NOW
+        assert moving.stalls == 0
+    # Empty history pages count the same way.
+    pages = Cursor(next_t=0)
+    for _ in range(MAX_STALLS - 1):
+        pages.stalled("an empty page")
+    pages.advance([{"t": 0}])
+    pages.stalled("an empty page")  # counted from zero again
+    assert pages.stalls == 1
+
+
+def test_cursor_starts_by_time_until_the_first_tick() -> None:
+    cursor = Cursor(from_ts=1_700_000_000.25)
+    assert cursor.query_start() == {"from_ts": "1700000000.25"}
+    cursor.take(msg(type="tick", t=41))
+    assert cursor.query_start() == {"from_t": "42"}
+    assert Cursor().query_start() == {}
+    # A seek by time that landed on oldest_t after retention: ticks that may have
+    # matched are gone.
+    with pytest.raises(TruncatedError, match="before oldest_t=40") as info:
+        Cursor(from_ts=5.0).hello(msg(type="hello", epoch="e", oldest_t=40, truncated=True))
+    assert info.value.next_t is None and info.value.oldest_t == 40
+    assert Cursor(from_ts=5.0, on_gap="continue").hello(
+        msg(type="hello", epoch="e", oldest_t=40, truncated=True)
+    )
+
+
 def test_urls_and_options() -> None:
     assert Endpoint.parse("http://127.0.0.1:8000/") == Endpoint("127.0.0.1", 8000, False)
     assert Endpoint.parse("wss://feed.example/tc/ws/stream") == Endpoint(
@@ -153,6 +195,35 @@ def test_urls_and_options() -> None:
         Client("http://x", on_gap="skip")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="from_t"):
         Client("http://x").stream(from_t=-1)
+    with pytest.raises(ValueError, match="not both"):
+        Client("http://x").stream(from_t=1, from_ts=1.0)
+    for bad_ts in (-1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match="from_ts"):
+            Client("http://x").history(from_ts=bad_ts)  # type: ignore[arg-type]
+
+
+# -- from_ts: starting by time -----------------------------------------------------------
+
+
+async def test_stream_history_and_tail_start_by_time(server: Running) -> None:
+    await server.wait_for_t(40)
+    page = (await server.get("/incremental?from_t=0&limit=40")).json()["data"]
+    ts = page[20]["ts"]
+    assert page[19]["ts"] < ts  # tick 20 is the first with ts >= its own ts
+    client = Client(server.url(""), fields=["s"])
+    with trio.fail_after(WAIT_S):
+        async with aclosing(client.astream(from_ts=ts)) as ticks:
+            got = [(await anext(ticks))["t"] for _ in range(30)]
+        assert got == list(range(20, 50))
+        assert [t["t"] for t in await client.ahistory(from_ts=ts, to_t=25)] == [20, 21, 22, 23, 24]
+        blocking = await trio.to_thread.run_sync(partial(client.history, None, 22, from_ts=ts))
+        assert [t["t"] for t in blocking] == [20, 21]
+        cmd = [PYTHON, "-m", "tickcast.cli", "tail", server.url(""), "--from-ts", repr(ts)]
+        line = f"{' '.join(cmd)} | head -n 3"
+        done = await trio.run_process(
+            ["bash", "-c", line], capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert [orjson.loads(x)["t"] for x in done.stdout.splitlines()] == [20, 21, 22]
 
 
 # -- astream under trio and asyncio ------------------------------------------------------
@@ -511,6 +582,62 @@ async def test_blocking_reader_closes_whatever_order_a_read_and_the_close_run_in
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.next)
             nursery.start_soon(reader.close)
+
+
+HELD_STREAM = """
+import sys, time
+from tickcast.client import Client
+ticks = Client(sys.argv[1], fields=["s"]).stream(from_t=0)
+for tick in ticks:
+    print(tick["t"], flush=True)
+    time.sleep(600)  # Ctrl-C lands here, the stream still held by `ticks`
+"""
+PLAIN_STREAM = """
+import sys
+from tickcast.client import Client
+for tick in Client(sys.argv[1], fields=["s"]).stream():
+    print(tick["t"], flush=True)
+"""
+
+
+async def interrupted(script: str, url: str) -> tuple[int, str]:
+    """Run ``script``, Ctrl-C it once it printed a tick; its exit status and stderr."""
+    proc = await trio.lowlevel.open_process(
+        [PYTHON, "-c", script, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    err = b""
+    try:
+        with trio.fail_after(WAIT_S):
+            assert await proc.stdout.receive_some(65536)  # a tick
+            proc.send_signal(signal.SIGINT)
+            while chunk := await proc.stderr.receive_some(65536):
+                err += chunk
+            await proc.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await proc.stdout.aclose()
+            await proc.stderr.aclose()
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("script", [HELD_STREAM, PLAIN_STREAM], ids=["held", "plain"])
+async def test_ctrl_c_on_a_blocking_stream_prints_one_traceback(
+    server: Running, script: str
+) -> None:
+    # A held stream hung at exit until a second Ctrl-C (its close waited for the
+    # portal's thread during the interpreter's final clean-up), then printed more.
+    for _ in range(3):
+        code, err = await interrupted(script, server.url(""))
+        assert code != 0
+        assert err.count("Traceback") == 1 and err.count("KeyboardInterrupt") == 1, err
+        assert err.rstrip().endswith("KeyboardInterrupt"), err
 
 
 async def test_tail_prints_json_lines_and_ends_quietly_on_ctrl_c(server: Running) -> None:

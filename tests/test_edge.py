@@ -6,6 +6,7 @@ Edges run in-process (``serve_edge``) where the test needs to look inside, and a
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -37,6 +38,9 @@ from tickcast.edge import Edge
 from tickcast.server import serve_edge
 
 WAIT_S = 30
+READ = "r3ad-T0ken_42"  # the producer's read token
+EDGE_READ = "3dge-T0ken_7"  # an edge's own read token, not the producer's
+WRONG = "Wr0ng-guess-77"
 
 
 @dataclass
@@ -231,12 +235,18 @@ class EdgeProc(_Addresses):
 
 @contextmanager
 def edge_process(
-    tmp_path: Path, redis: RedisServer, *args: str, port: int | None = None, name: str = "edge"
+    tmp_path: Path,
+    redis: RedisServer | str,
+    *args: str,
+    port: int | None = None,
+    name: str = "edge",
 ) -> Iterator[EdgeProc]:
+    """``tickcast edge`` on ``redis`` (a server, or any redis_url), logging to a file."""
     port = port or free_port()
     log = tmp_path / f"{name}-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKCAST_")}
-    cmd = [PYTHON, "-m", "tickcast.cli", "edge", "--port", str(port), "--redis-url", redis.url]
+    url = redis if isinstance(redis, str) else redis.url
+    cmd = [PYTHON, "-m", "tickcast.cli", "edge", "--port", str(port), "--redis-url", url]
     with log.open("wb") as out:
         proc = subprocess.Popen([*cmd, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
@@ -316,14 +326,32 @@ async def test_ticks_trimmed_away_close_the_edges_clients_with_4008(
                 assert hello["truncated"] is True and hello["oldest_t"] > resume
 
 
-async def test_a_hole_is_filled_from_history_url(tmp_path: Path, redis_server: RedisServer) -> None:
-    async with producer(tmp_path, redis_server, rate=300.0, redis_maxlen=50) as prod:
-        args = ("--history-url", prod.url(""))
+@pytest.mark.parametrize(
+    ("producer_token", "edge_args", "client_token"),
+    [
+        (None, (), None),
+        (READ, ("--read-token", READ), READ),  # history_token defaults to read_token
+        (READ, ("--read-token", EDGE_READ, "--history-token", READ), EDGE_READ),
+    ],
+    ids=["open", "read-token", "history-token"],
+)
+async def test_a_hole_is_filled_from_history_url(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    producer_token: str | None,
+    edge_args: tuple[str, ...],
+    client_token: str | None,
+) -> None:
+    async with producer(
+        tmp_path, redis_server, rate=300.0, redis_maxlen=50, read_token=producer_token
+    ) as prod:
+        args = ("--history-url", prod.url(""), *edge_args)
+        token = "" if client_token is None else f"token={client_token}"
         with edge_process(tmp_path, redis_server, *args) as edge:
             await wait_http_ready(edge.url("/health"), edge.proc)
             got: list[int] = []
             with trio.fail_after(WAIT_S):
-                async with open_websocket_url(edge.ws_url()) as ws:
+                async with open_websocket_url(edge.ws_url(f"?{token}")) as ws:
                     await ws.get_message()
                     while len(got) < 400:
                         msg = orjson.loads(await ws.get_message())
@@ -337,8 +365,77 @@ async def test_a_hole_is_filled_from_history_url(tmp_path: Path, redis_server: R
             assert got == list(range(got[0], got[0] + 400))
             # And old history is read through from the producer.
             async with httpx.AsyncClient() as client:
-                body = (await client.get(edge.url("/incremental?from_t=0&limit=5"))).json()
-            assert [t["t"] for t in body["data"]] == [0, 1, 2, 3, 4]
+                page = await client.get(edge.url(f"/incremental?from_t=0&limit=5&{token}"))
+                health = await client.get(edge.url("/health"))
+            assert [t["t"] for t in page.json()["data"]] == [0, 1, 2, 3, 4]
+            assert health.status_code == 200, health.text
+
+
+async def test_a_refused_history_url_degrades_health_naming_history_token(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tickcast")
+    async with producer(tmp_path, redis_server, rate=300.0, read_token=READ) as prod:
+        await prod.wait_for_t(300)
+        config = edge_config(
+            tmp_path,
+            redis_server,
+            ring_size=100,
+            read_token=READ,
+            history_url=prod.url(""),
+            history_token=WRONG,
+        )
+        async with running_edge(config) as edge, httpx.AsyncClient() as client:
+            await wait_edge_at(edge, 300)
+            with trio.fail_after(WAIT_S):
+                # the refusal is found by the edge's own probe: poll its /health
+                while (health := await client.get(edge.url("/health"))).status_code != 503:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            body = health.json()
+            assert body["status"] == "degraded"
+            assert "history_token" in body["reason"] and "HTTP 401" in body["reason"]
+            assert WRONG not in body["reason"]
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert any("history_token" in line for line in errors), errors
+            # The producer's older ticks are not offered: a resume before the ring is
+            # truncated (a clear answer), never a 4008 that the resume gets again.
+            async with open_websocket_url(edge.ws_url(f"?from_t=0&token={READ}")) as ws:
+                hello = orjson.loads(await ws.get_message())
+            assert hello["truncated"] is True and hello["oldest_t"] > 0
+            page = await client.get(edge.url(f"/incremental?from_t=0&limit=5&token={READ}"))
+            assert page.json()["from_t"] >= hello["oldest_t"] > 0  # the ring moves on
+
+
+async def test_an_edge_without_read_token_refuses_a_protected_stream(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with producer(tmp_path, redis_server, read_token=READ):
+        with edge_process(tmp_path, redis_server) as edge:
+            with trio.fail_after(WAIT_S):
+                code = await trio.to_thread.run_sync(edge.proc.wait, abandon_on_cancel=True)
+            out = edge.log.read_text()
+    assert code != 0, out
+    assert "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if "error" in line.lower()]
+    assert errors == [
+        "tickcast: error: setting 'read_token': the producer requires a read token (its Redis "
+        "stream says so), and this edge has none, so it would serve the feed openly: "
+        "set read_token"
+    ], out
+
+
+async def test_an_edge_that_cannot_reach_redis_logs_it_naming_redis_url(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # a mistyped port: nothing listens there
+    with edge_process(tmp_path, url) as edge:
+        with trio.fail_after(WAIT_S):
+            while f"cannot read redis_url={url}" not in edge.log.read_text():
+                assert edge.proc.poll() is None, edge.log.read_text()
+                await trio.sleep(0.05)  # a log file has no event to wait on
+        async with httpx.AsyncClient() as client:
+            health = await client.get(edge.url("/health"))
+    lines = [line for line in edge.log.read_text().splitlines() if "cannot read redis_url" in line]
+    assert lines and " ERROR " in lines[0], lines
+    assert health.status_code == 503
 
 
 async def test_two_edges_share_one_port(tmp_path: Path, redis_server: RedisServer) -> None:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import trio
 
-from conftest import Running, make_config, recv_json, running
+from conftest import PYTHON, Running, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
 
 TOKEN = "s3cret"
@@ -108,9 +108,6 @@ async def test_publisher_library(tmp_path: Path) -> None:
 
 
 async def test_publish_command_pipes_json_lines(tmp_path: Path) -> None:
-
-    from conftest import PYTHON
-
     config = make_config(tmp_path, source="ingest", ingest_token=TOKEN)
     lines = b"\n".join(orjson.dumps({**CONTENT, "ts": 1000.0 + i}) for i in range(25)) + b"\n\n"
     async with running(config) as srv:
@@ -144,6 +141,14 @@ async def test_publish_command_pipes_json_lines(tmp_path: Path) -> None:
         )
         assert bad.returncode == 1
         assert b"line 1 is not JSON" in bad.stderr
+
+
+async def test_publish_without_url_says_where_it_posts() -> None:
+    cmd = [PYTHON, "-m", "tickcast.cli", "publish", "--token", TOKEN]
+    done = await trio.run_process(cmd, stdin=b"", capture_stderr=True, check=False)
+    assert b"posting to http://127.0.0.1:8000 (no --url given)" in done.stderr
+    helped = await trio.run_process([*cmd, "--help"], capture_stdout=True, check=False)
+    assert b"default: http://127.0.0.1:8000" in helped.stdout
 
 
 async def test_ingest_refuses_what_it_could_not_store(tmp_path: Path) -> None:

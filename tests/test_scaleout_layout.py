@@ -7,11 +7,13 @@ import pytest
 from tickcast.errors import TickcastError
 from tickcast.scaleout.backoff import Backoff
 from tickcast.scaleout.layout import (
+    Announcement,
     Entry,
     Step,
     StreamFormatError,
     append_start,
     decide,
+    decode_announcement,
     decode_entry,
     decode_epoch,
     encode_entry,
@@ -90,6 +92,15 @@ def test_epoch_entries() -> None:
     assert decode_epoch(encode_epoch("e9")) == "e9"
     with pytest.raises(StreamFormatError):
         decode_epoch({b"other": b"x"})
+
+
+def test_epoch_entries_record_whether_reading_is_protected() -> None:
+    assert decode_announcement(encode_epoch("e9")) == Announcement("e9", protected=False)
+    assert decode_announcement(encode_epoch("e9", protected=True)) == Announcement("e9", True)
+    assert next(iter(encode_epoch("e9", protected=True))) == b"epoch"  # read first
+    # An older producer wrote no access field: open. An unknown value: protected.
+    assert decode_announcement({b"epoch": b"e9"}) == Announcement("e9", protected=False)
+    assert decode_announcement({"epoch": "e9", "access": "sso"}).protected
 
 
 def entry(t: int, epoch: str = "e1") -> Entry:

@@ -7,6 +7,7 @@ by ``trio.fail_after``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -14,8 +15,10 @@ import coredis
 import pytest
 import trio
 
+from conftest import free_port
 from redis_server import RedisServer
 from tickcast.scaleout import Appender, Follower
+from tickcast.scaleout.backoff import Throttle
 from tickcast.tick import EncodedTick
 
 pytestmark = pytest.mark.slow
@@ -96,6 +99,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.epochs: list[str] = []
+        self.access: list[tuple[str, bool]] = []  # (epoch, protected) at each on_epoch
         self.ticks: list[tuple[str, EncodedTick]] = []  # (epoch, tick)
         self.gaps: list[tuple[int, int]] = []
         self.states: list[bool] = []
@@ -103,8 +107,10 @@ class RecordingSink:
         self.hold_at: int | None = None  # after delivering this t, wait for release
         self.release = trio.Event()
 
-    async def on_epoch(self, epoch: str) -> None:
-        self.epochs.append(epoch)
+    async def on_epoch(self, epoch: str, *, protected: bool) -> None:
+        if not self.epochs or self.epochs[-1] != epoch:
+            self.epochs.append(epoch)
+        self.access.append((epoch, protected))
         self.changes.notify()
 
     async def on_ticks(self, ticks: list[EncodedTick]) -> None:
@@ -156,10 +162,17 @@ async def edge(
 
 @asynccontextmanager
 async def producer(
-    redis: RedisServer, source: MemorySource, *, maxlen: int = 10_000
+    redis: RedisServer, source: MemorySource, *, maxlen: int = 10_000, protected: bool = False
 ) -> AsyncIterator[Appender]:
     async with trio.open_nursery() as nursery:
-        appender = Appender(source, url=redis.url, key=KEY, maxlen=maxlen, backoff_max_s=0.2)
+        appender = Appender(
+            source,
+            url=redis.url,
+            key=KEY,
+            maxlen=maxlen,
+            protected=protected,
+            backoff_max_s=0.2,
+        )
         await nursery.start(appender.run)
         yield appender
         nursery.cancel_scope.cancel()
@@ -330,6 +343,61 @@ async def test_both_start_while_redis_is_away(redis_server: RedisServer) -> None
         await sink.wait_for_t(19)
     assert sink.ts() == list(range(20))
     assert sink.states == [True]
+
+
+async def test_protected_reading_is_announced_to_the_follower(redis_server: RedisServer) -> None:
+    source, sink = MemorySource(), RecordingSink()
+    source.publish(10)
+    async with edge(redis_server, sink):
+        async with producer(redis_server, source, protected=True):
+            await sink.wait_for_t(9)
+        assert sink.access == [("e1", True)]  # told before any tick
+        # The same history served open again: the same epoch, re-announced.
+        source.publish(10)
+        async with producer(redis_server, source):
+            await sink.wait_for_t(19)
+    assert sink.access == [("e1", True), ("e1", False)]
+    assert sink.epochs == ["e1"]
+    assert sink.ts() == list(range(20))
+
+
+async def test_unreachable_redis_is_logged_naming_redis_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error at the first failure, then throttled (here: nothing more for a while)."""
+    caplog.set_level(logging.INFO, logger="tickcast.scaleout")
+    port = free_port()  # nothing listens there
+    sink = RecordingSink()
+    async with trio.open_nursery() as nursery:
+        url = f"redis://:s3cret@127.0.0.1:{port}/0"
+        follower = Follower(
+            sink, url=url, key=KEY, backlog=10, backoff_max_s=0.05, report_every_s=3600
+        )
+        appender = Appender(MemorySource(), url=url, key=KEY, maxlen=10, backoff_max_s=0.05)
+        await nursery.start(follower.run)
+        await nursery.start(appender.run)
+        await polled(lambda: follower.statistics().errors >= 4 <= appender.statistics().errors)
+        nursery.cancel_scope.cancel()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2, caplog.text  # one each (the appender's is every 10 s at most)
+    for line in errors:
+        assert f"redis_url=redis://:***@127.0.0.1:{port}/0" in line
+    assert "s3cret" not in caplog.text
+    assert sink.states == []
+
+
+def test_report_throttle() -> None:
+    throttle = Throttle(10.0)
+    assert [throttle.ready(now) for now in (0.0, 5.0, 9.9, 10.0, 12.0, 20.5)] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        True,
+    ]
+    throttle.reset()
+    assert throttle.ready(21.0)
 
 
 def test_coredis_internals_still_have_the_shape_client_py_relies_on() -> None:

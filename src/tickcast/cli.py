@@ -32,6 +32,8 @@ from tickcast.errors import ConfigError, TickcastError, leaves
 
 __all__ = ["main"]
 
+PUBLISH_URL = "http://127.0.0.1:8000"  # tickcast publish without --url: the serve default
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -63,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         '({"s":{...},"agents":[...],"actions":[...],"matches":[...]}) and POST it to '
         "a tickcast started with --source ingest. The server assigns t (and ts if absent).",
     )
-    publish.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    publish.add_argument(
+        "--url",
+        default=None,
+        help=f"the server's base URL [default: {PUBLISH_URL}, with a note on stderr]",
+    )
     publish.add_argument(
         "--token",
         default=os.environ.get("TICKCAST_INGEST_TOKEN"),
@@ -82,8 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         "duplicates across reconnects (tickcast.client). Connection events go to stderr.",
     )
     tail.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
-    tail.add_argument(
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument(
         "--from-t", type=int, default=None, help="start at this t [default: the latest tick]"
+    )
+    start.add_argument(
+        "--from-ts",
+        type=float,
+        default=None,
+        help="start at the first tick whose ts (unix seconds) is >= this",
     )
     tail.add_argument("--fields", default=None, help="comma list of s,agents,actions,matches")
     tail.add_argument(
@@ -149,8 +162,12 @@ def _publish(args: dict[str, object]) -> int:
     if not isinstance(batch, int) or batch < 1:
         print("tickcast: error: --batch must be >= 1", file=sys.stderr)
         return 2
+    url = args["url"]
+    if url is None:
+        url = PUBLISH_URL
+        print(f"tickcast publish: posting to {url} (no --url given)", file=sys.stderr)
     try:
-        count = run_publish(str(args["url"]), str(token), sys.stdin.buffer, batch=batch)
+        count = run_publish(str(url), str(token), sys.stdin.buffer, batch=batch)
     except (TickcastError, ValueError) as exc:
         print(f"tickcast: error: {exc}", file=sys.stderr)
         return 1
@@ -166,6 +183,7 @@ def _tail(args: dict[str, Any]) -> int:
         return run_tail(
             args["url"],
             from_t=args["from_t"],
+            from_ts=args["from_ts"],
             fields=args["fields"],
             token=args["token"],
             on_gap=args["on_gap"],

@@ -98,6 +98,9 @@ class Config:
     history_url: str | None = field(
         default=None, metadata=_opt("edge: the producer's base URL for history past the stream")
     )
+    history_token: str | None = field(
+        default=None, metadata=_opt("edge: read token sent to history_url (None: read_token)")
+    )
     reuse_port: bool = field(
         default=False, metadata=_opt("edge: share the port with other edges (SO_REUSEPORT)")
     )
@@ -140,9 +143,11 @@ class Config:
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"setting {name!r}: {why} (got {getattr(self, name)!r})")
-        if self.read_token is not None and not _TOKEN.fullmatch(self.read_token):
-            why = "must be printable ASCII without spaces (omit it to leave reading open)"
-            raise ConfigError(f"setting 'read_token': {why}")  # the value is never echoed
+        for name in ("read_token", "history_token"):
+            token = getattr(self, name)
+            if token is not None and not _TOKEN.fullmatch(token):
+                why = "must be printable ASCII without spaces"
+                raise ConfigError(f"setting {name!r}: {why}")  # the value is never echoed
         if self.source == "ingest" and not self.ingest_token:
             raise ConfigError("setting 'ingest_token': required with source=ingest")
 
@@ -199,6 +204,7 @@ def _parser_for(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
         "reuse_port": _parse_bool,
         "redis_url": _parse_optional_str,
         "history_url": _parse_optional_str,
+        "history_token": _parse_optional_str,
         "seed": _parse_optional_int,
         "max_lag": _parse_optional_int,
     }
@@ -286,7 +292,7 @@ def describe(config: Config) -> Sequence[str]:
     out = []
     for f in _fields():
         value = getattr(config, f.name)
-        if f.name in ("ingest_token", "read_token") and value:
+        if f.name in ("ingest_token", "read_token", "history_token") and value:
             value = "***"
         out.append(f"{f.name}={value}")
     return out

@@ -4,7 +4,8 @@ read from a Redis stream and served to this process's own clients.
 ::
 
     Follower (XREAD) ──on_ticks──▶ Edge ──▶ MirrorHistory (ring) ──▶ Service.publish (hub)
-                     ──on_epoch──▶ new epoch: every client closed 4009, the ring reset
+                     ──on_epoch──▶ new epoch: every client closed 4009, the ring reset;
+                                   a protected producer and no read_token: stop (ConfigError)
                      ──on_gap────▶ fill the hole from history_url, else 4008 to every client
                      ──on_state──▶ /health 503 "degraded" while the stream cannot be read
 
@@ -13,17 +14,27 @@ gap-free when it returns: the follower re-reads from the last tick it delivered.
 A hole it cannot fill is never passed over silently: the clients that needed
 the lost ticks are closed with 4008 naming the ``from_t`` to resume with, and a
 resume before the edge's oldest tick gets ``truncated`` in its hello.
+
+Read access: a producer with a ``read_token`` records it in the stream's epochs
+entries, and an edge without a ``read_token`` of its own refuses to serve that
+stream (it stops with a :class:`~tickcast.errors.ConfigError` naming the setting).
+The edge presents ``history_token`` (default: its ``read_token``) to
+``history_url``; a 401/403 there is logged as an error and makes ``/health``
+503 ``degraded`` naming ``history_token``, and the producer's older ticks are
+not offered (a resume before the ring then gets ``truncated``, not a 4008 loop).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import httpx
 import orjson
 import trio
 
 from tickcast.config import Config
+from tickcast.errors import ConfigError
 from tickcast.metrics import ServiceStatistics
 from tickcast.scaleout import Follower
 from tickcast.service import Service
@@ -37,25 +48,67 @@ log = logging.getLogger("tickcast.edge")
 PAGE = 10_000  # ticks per /incremental request (the producer's cap)
 HEALTH_EVERY_S = 5.0  # how often the producer's oldest_t and epoch are re-read
 HTTP_TIMEOUT_S = 10.0
+UNPROTECTED_EDGE = (
+    "setting 'read_token': the producer requires a read token (its Redis stream says so), "
+    "and this edge has none, so it would serve the feed openly: set read_token"
+)
 
 
 class ProducerHistory:
     """Ticks older than the edge's ring, read from the producer's ``/incremental``.
 
     Only for the edge's epoch: :meth:`run` re-reads the producer's ``/health``
-    every ``HEALTH_EVERY_S`` and offers nothing while the epochs differ.
+    every ``HEALTH_EVERY_S`` and offers nothing while the epochs differ. Every
+    request carries ``token`` (``history_token``) as ``Authorization: Bearer``.
+    A 401/403 (to a read, or to the probe each refresh makes) is handed to
+    ``report`` with a reason naming ``history_token``, once, and nothing is
+    offered until an answer succeeds again (then ``report(None)``).
     """
 
-    def __init__(self, base_url: str, mirror: MirrorHistory) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        mirror: MirrorHistory,
+        *,
+        token: str | None = None,
+        report: Callable[[str | None], None] | None = None,
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._mirror = mirror  # its epoch is "" until known: never the producer's
         self._oldest_t: int | None = None
         self._producer_epoch: str | None = None
-        self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT_S)
+        self._token_sent = token is not None
+        self._report = report
+        self.refused: str | None = None  # why history_url refuses us, None while it does not
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, headers=headers)
+
+    @property
+    def _usable(self) -> bool:
+        return self.refused is None and self._producer_epoch == self._mirror.epoch
 
     @property
     def oldest_t(self) -> int | None:
-        return self._oldest_t if self._producer_epoch == self._mirror.epoch else None
+        return self._oldest_t if self._usable else None
+
+    def _check_access(self, resp: httpx.Response) -> None:
+        """Note whether ``history_url`` takes our token (401/403: it does not)."""
+        if resp.status_code in (401, 403):
+            if self.refused is None:
+                status, fix = resp.status_code, "set history_token (default: the edge's read_token)"
+                self.refused = (
+                    f"history_url {self._base} refused history_token with HTTP {status}: "
+                    f"{fix} to a read token the producer accepts"
+                    if self._token_sent
+                    else f"history_url {self._base} requires a read token (HTTP {status}) "
+                    f"and none is sent: {fix}"
+                )
+                if self._report is not None:
+                    self._report(self.refused)
+        elif resp.is_success and self.refused is not None:
+            self.refused = None
+            if self._report is not None:
+                self._report(None)
 
     async def read(self, from_t: int, limit: int) -> list[EncodedTick]:
         if self._producer_epoch != self._mirror.epoch:
@@ -64,6 +117,7 @@ class ProducerHistory:
             resp = await self._client.get(
                 f"{self._base}/incremental", params={"from_t": from_t, "limit": min(limit, PAGE)}
             )
+            self._check_access(resp)
             resp.raise_for_status()
             body = orjson.loads(resp.content)
         except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
@@ -73,12 +127,13 @@ class ProducerHistory:
         return [EncodedTick.from_stored(orjson.dumps(tick), tick["t"]) for tick in body["data"]]
 
     async def find_ts(self, ts: float) -> int | None:
-        if self._producer_epoch != self._mirror.epoch:
+        if not self._usable:
             return None
         try:
             resp = await self._client.get(
                 f"{self._base}/incremental", params={"from_ts": repr(ts), "limit": 1}
             )
+            self._check_access(resp)
             resp.raise_for_status()
             return int(orjson.loads(resp.content)["from_t"])
         except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -86,12 +141,17 @@ class ProducerHistory:
             return None
 
     async def refresh(self) -> None:
-        """Re-read the producer's epoch and oldest ``t`` (errors leave them unknown)."""
+        """Re-read the producer's epoch and oldest ``t`` (errors leave them unknown), and
+        probe whether it takes our token (one tick of ``/incremental``)."""
         try:
             resp = await self._client.get(f"{self._base}/health")
             health = orjson.loads(resp.content)
             self._producer_epoch = health["epoch"]
             self._oldest_t = health["oldest_t"]
+            probe = await self._client.get(
+                f"{self._base}/incremental", params={"from_t": self._oldest_t or 0, "limit": 1}
+            )
+            self._check_access(probe)
         except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             log.warning("history_url %s unreachable: %s", self._base, exc)
             self._producer_epoch = None
@@ -114,10 +174,14 @@ class Edge:
     def __init__(self, config: Config) -> None:
         if config.redis_url is None:
             raise ValueError("an edge needs redis_url")
+        self.config = config
         self.mirror = MirrorHistory(config.ring_size)
         self.producer_history: ProducerHistory | None = None
         if config.history_url is not None:
-            self.producer_history = ProducerHistory(config.history_url, self.mirror)
+            token = config.history_token if config.history_token is not None else config.read_token
+            self.producer_history = ProducerHistory(
+                config.history_url, self.mirror, token=token, report=self._refused
+            )
             self.mirror.backfill = self.producer_history
         self.service = Service.create(config, self.mirror)
         self.service.waiting = "waiting for the producer's stream"  # until on_epoch
@@ -143,9 +207,24 @@ class Edge:
             await nursery.start(self.follower.run)
             task_status.started()
 
+    def _refused(self, reason: str | None) -> None:
+        """``history_url`` refuses our token (``reason``), or takes it again (None)."""
+        if reason is None:
+            self.service.recover("history_url")
+        else:
+            self.service.fail("history_url", reason)  # logged as an error, shown in /health
+
     # -- TickSink ---------------------------------------------------------------------
 
-    async def on_epoch(self, epoch: str) -> None:
+    async def on_epoch(self, epoch: str, *, protected: bool) -> None:
+        """Follow ``epoch``; refuse to serve a protected producer without a read token.
+
+        Raises:
+            ConfigError: the producer requires a read token and this edge has no
+                ``read_token`` (it would serve the feed openly).
+        """
+        if protected and self.config.read_token is None:
+            raise ConfigError(UNPROTECTED_EDGE)
         mirror = self.mirror
         if not mirror.ready:
             log.info("edge: following epoch %s", epoch)

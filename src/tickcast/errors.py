@@ -11,6 +11,7 @@
         ├── RefusedError       the server refused a request for good (HTTP 400, 401, 404...)
         ├── StreamClosedError  the server closed the stream with a code a retry cannot fix
         ├── BadMessageError    the server sent something the client cannot follow
+        ├── NoProgressError    the server keeps answering without moving the stream on
         └── GapError           resuming would skip ticks (unless on_gap="continue")
             ├── TruncatedError     retention deleted ticks the client still needed
             └── EpochChangedError  the history was reset: a new epoch
@@ -29,6 +30,7 @@ __all__ = [
     "CorruptRecordError",
     "EpochChangedError",
     "GapError",
+    "NoProgressError",
     "ProtocolError",
     "RefusedError",
     "StoreError",
@@ -138,6 +140,31 @@ class BadMessageError(ClientError):
     that does not continue the stream (a server bug; never silently skipped)."""
 
 
+class NoProgressError(ClientError):
+    """The server keeps answering but the stream cannot move: ``attempts`` times in a
+    row it closed with 4008 (or gave an empty ``/incremental`` page) at the same
+    ``next_t`` without a tick in between.
+
+    Typically a scale-out edge that cannot fill a hole: its ``history_url`` refuses
+    its ``history_token`` or cannot be reached, and its ``/health`` says so. Retrying
+    later, or on another server, may work; retrying at once would only spin.
+
+    Attributes:
+        next_t: the ``t`` the client could not get.
+        attempts: how many answers in a row made no progress.
+        detail: the server's last word (the close reason, or the page).
+    """
+
+    def __init__(self, *, next_t: int | None, attempts: int, detail: str) -> None:
+        super().__init__(
+            f"no progress at t={next_t}: {attempts} answers in a row without a tick "
+            f"(last: {detail}); the server cannot serve this range now"
+        )
+        self.next_t = next_t
+        self.attempts = attempts
+        self.detail = detail
+
+
 class GapError(ClientError):
     """Resuming would skip ticks. Raised only with ``on_gap="raise"`` (the default).
 
@@ -153,15 +180,21 @@ class GapError(ClientError):
 class TruncatedError(GapError):
     """Retention deleted ticks ``next_t .. oldest_t - 1``; the server starts at ``oldest_t``.
 
+    With a start by time (``from_ts``) and no tick received yet, ``next_t`` is None:
+    the ticks before ``oldest_t`` are gone, and some of them may have matched.
+
     Attributes:
         oldest_t: the oldest ``t`` the server still has.
     """
 
-    def __init__(self, *, next_t: int, oldest_t: int) -> None:
-        super().__init__(
-            f"ticks {next_t}..{oldest_t - 1} were deleted by retention (oldest_t={oldest_t})",
-            next_t=next_t,
-        )
+    def __init__(self, *, next_t: int | None, oldest_t: int) -> None:
+        if next_t is None:
+            what = f"ticks before oldest_t={oldest_t} were deleted by retention"
+            message = f"{what}; some may have been at or after the from_ts asked for"
+        else:
+            message = f"ticks {next_t}..{oldest_t - 1} were deleted by retention"
+            message += f" (oldest_t={oldest_t})"
+        super().__init__(message, next_t=next_t)
         self.oldest_t = oldest_t
 
 

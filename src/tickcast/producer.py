@@ -62,6 +62,7 @@ class Producer:
                 url=config.redis_url,
                 key=config.redis_key,
                 maxlen=config.redis_maxlen,
+                protected=config.read_token is not None,
             )
             producer.service.metrics.bind(producer.statistics)
         return producer

@@ -6,7 +6,7 @@
 
     c = Client("http://127.0.0.1:8000", fields=["s", "matches"])
     for tick in c.stream(from_t=120_000):         # blocking; never misses, never repeats
-        ...
+        ...                                       # (or from_ts=<unix seconds>)
     async for tick in c.astream(from_t=120_000):  # the same under trio or asyncio
         ...
     ticks = c.history(from_t=0, to_t=5_000)        # ticks 0..4999, paging /incremental
@@ -24,6 +24,7 @@ from ..errors import (
     ClientError,
     EpochChangedError,
     GapError,
+    NoProgressError,
     RefusedError,
     StreamClosedError,
     TruncatedError,
@@ -37,6 +38,7 @@ __all__ = [
     "ClientError",
     "EpochChangedError",
     "GapError",
+    "NoProgressError",
     "OnGap",
     "RefusedError",
     "StreamClosedError",

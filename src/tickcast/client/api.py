@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import aclosing
 from functools import partial
@@ -73,69 +74,106 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({self.settings.endpoint.http_url('')!r})"
 
-    async def astream(self, from_t: int | None = None) -> AsyncIterator[Tick]:
+    async def astream(
+        self, from_t: int | None = None, *, from_ts: float | None = None
+    ) -> AsyncIterator[Tick]:
         """Every tick from ``from_t`` on (None: from the latest), forever, in order.
 
-        Works under trio and asyncio. Never misses or repeats a tick: after a dropped
-        connection, a server restart, a slow-consumer close (4008) or a switch to
-        another edge, it resumes at the last ``t`` it yielded + 1. See
-        ``docs/client.md`` for the reconnect policy.
+        ``from_ts`` (unix seconds) instead of ``from_t``: from the first tick whose
+        ``ts >= from_ts``. Works under trio and asyncio. Never misses or repeats a
+        tick: after a dropped connection, a server restart, a slow-consumer close
+        (4008) or a switch to another edge, it resumes at the last ``t`` it yielded
+        + 1. Never loops without progress: a server that closes with 4008 at the same
+        ``t`` again and again, with no tick between, ends it with
+        :class:`~tickcast.errors.NoProgressError`. See ``docs/client.md`` for the
+        reconnect policy.
 
         Leaving the ``async for`` early closes the connection when the generator is
         closed; use ``contextlib.aclosing(client.astream())`` to make that immediate.
 
         Raises:
             GapError: a resume would skip ticks (``on_gap="raise"``).
+            NoProgressError: the server cannot move the stream on (see above).
             RefusedError: the server refused the stream (400 bad option, 401 token).
             StreamClosedError: a close a reconnect cannot fix (1011 corrupt history).
             BadMessageError: the server broke the protocol (never expected).
+            ValueError: a negative ``from_t``, a bad ``from_ts``, or both given.
         """
-        _check_t("from_t", from_t)
-        async with aclosing(follow(self.settings, from_t)) as batches:
+        _check_start(from_t, from_ts)
+        async with aclosing(follow(self.settings, from_t, from_ts)) as batches:
             async for batch in batches:
                 for tick in batch:
                     yield tick
 
-    def stream(self, from_t: int | None = None) -> Iterator[Tick]:
+    def stream(self, from_t: int | None = None, *, from_ts: float | None = None) -> Iterator[Tick]:
         """The blocking twin of :meth:`astream`: iterate with a plain ``for``.
 
         The connection lives in a worker thread (a trio event loop) for as long as the
-        iterator does; breaking out of the loop, or Ctrl-C, closes it.
+        iterator does; breaking out of the loop, or Ctrl-C, closes it (Ctrl-C then
+        raises one ``KeyboardInterrupt`` in the caller, as any blocking call does).
         """
-        _check_t("from_t", from_t)
-        return iterate_blocking(partial(follow, self.settings, from_t))
+        _check_start(from_t, from_ts)
+        return iterate_blocking(partial(follow, self.settings, from_t, from_ts))
 
-    async def ahistory(self, from_t: int = 0, to_t: int | None = None) -> list[Tick]:
+    async def ahistory(
+        self, from_t: int | None = None, to_t: int | None = None, *, from_ts: float | None = None
+    ) -> list[Tick]:
         """The ticks with ``from_t <= t < to_t``, as a list, paging ``GET /incremental``.
 
-        ``to_t`` is exclusive, like ``range``: ``history(0, 5_000)`` is ticks 0..4999,
-        and ``stream(from_t=5_000)`` continues it without a gap. ``to_t=None``, or a
+        ``from_t`` defaults to 0 (the oldest tick kept); ``from_ts`` (unix seconds)
+        instead starts at the first tick whose ``ts >= from_ts``. ``to_t`` is
+        exclusive, like ``range``: ``history(0, 5_000)`` is ticks 0..4999, and
+        ``stream(from_t=5_000)`` continues it without a gap. ``to_t=None``, or a
         ``to_t`` past the latest tick, gives what exists when each page is read.
         Pages hold up to 10000 ticks; a page the server cannot give now (away, 429,
-        503) is asked again after a backoff.
+        503, or empty although the server has those ticks) is asked again after a
+        backoff.
 
         Raises:
             TruncatedError: ``from_t`` is older than the oldest tick kept
                 (``on_gap="raise"``; with ``"continue"`` the list starts at ``oldest_t``).
+            NoProgressError: the server keeps giving empty pages for ticks it has
+                (an edge that cannot read its producer's history).
             RefusedError: 400 (bad option), 401 (token), 500 (a corrupt record).
-            ValueError: ``from_t`` or ``to_t`` negative, or ``to_t < from_t``.
+            ValueError: ``from_t`` or ``to_t`` negative, ``to_t < from_t``, a bad
+                ``from_ts``, or both ``from_t`` and ``from_ts``.
         """
-        _check_t("from_t", from_t)
+        _check_start(from_t, from_ts)
         _check_t("to_t", to_t)
-        if to_t is not None and to_t < from_t:
+        if from_ts is None and from_t is None:
+            from_t = 0
+        if to_t is not None and from_t is not None and to_t < from_t:
             raise ValueError(f"to_t: must be >= from_t ({from_t}), got {to_t}")
         out: list[Tick] = []
-        async with aclosing(history_pages(self.settings, from_t, to_t)) as pages:
+        async with aclosing(history_pages(self.settings, from_t, to_t, from_ts)) as pages:
             async for page in pages:
                 out += page
         return out
 
-    def history(self, from_t: int = 0, to_t: int | None = None) -> list[Tick]:
+    def history(
+        self, from_t: int | None = None, to_t: int | None = None, *, from_ts: float | None = None
+    ) -> list[Tick]:
         """The blocking twin of :meth:`ahistory` (same arguments, same result)."""
         with start_blocking_portal(BACKEND) as portal:
-            return portal.call(self.ahistory, from_t, to_t)
+            return portal.call(partial(self.ahistory, from_t, to_t, from_ts=from_ts))
 
 
 def _check_t(name: str, t: int | None) -> None:
     if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 0):
         raise ValueError(f"{name}: must be an integer >= 0, got {t!r}")
+
+
+def _check_start(from_t: int | None, from_ts: float | None) -> None:
+    """A start by ``t`` or by time (unix seconds), not both."""
+    _check_t("from_t", from_t)
+    if from_ts is None:
+        return
+    if from_t is not None:
+        raise ValueError("from_ts: give from_t or from_ts, not both")
+    if (
+        not isinstance(from_ts, int | float)
+        or isinstance(from_ts, bool)
+        or not math.isfinite(from_ts)
+        or from_ts < 0
+    ):
+        raise ValueError(f"from_ts: must be unix seconds >= 0, got {from_ts!r}")

@@ -6,13 +6,20 @@ A thread hop costs tens of microseconds, so it is paid once per server message (
 batch of up to ``batch`` ticks), not once per tick.
 
 Ctrl-C (KeyboardInterrupt in the calling thread) cancels what the portal is doing,
-closes the connection and re-raises; so does closing the iterator early.
+closes the connection and re-raises; so does closing the iterator early. A stream
+the script still holds when it ends (Ctrl-C in the loop body, with the iterator
+kept in a variable) is closed at exit by an ``atexit`` hook: left to the
+interpreter's final clean-up, its close would wait for the portal's thread,
+which is no longer running by then, and the script would hang until a second
+Ctrl-C (and print a second traceback).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterator
-from typing import Generic, TypeVar
+import atexit
+import weakref
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.from_thread import start_blocking_portal
@@ -23,13 +30,29 @@ T = TypeVar("T")
 
 BACKEND = "trio"  # the house event loop; the caller's thread never sees it
 
+_OPEN: weakref.WeakSet[Generator[Any, None, None]] = weakref.WeakSet()  # streams not closed
+
+
+@atexit.register
+def _close_open_streams() -> None:
+    """Close the streams a script left open, while their portals still run (see above)."""
+    for stream in list(_OPEN):
+        stream.close()
+
 
 def iterate_blocking(open_batches: Callable[[], AsyncGenerator[list[T], None]]) -> Iterator[T]:
     """Iterate, from synchronous code, over what the async generator yields, flattened.
 
     ``open_batches`` is called in the portal's thread, so the generator belongs to that
-    event loop from the start.
+    event loop from the start. The iterator is closed at interpreter exit if the
+    caller has not closed it.
     """
+    stream = _iterate(open_batches)
+    _OPEN.add(stream)
+    return stream
+
+
+def _iterate(open_batches: Callable[[], AsyncGenerator[list[T], None]]) -> Generator[T, None, None]:
     with start_blocking_portal(BACKEND) as portal:
         reader = portal.call(_Reader.open, open_batches)
         try:

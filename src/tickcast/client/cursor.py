@@ -3,13 +3,17 @@
 Invariants (the whole no-gap, no-duplicate promise rests on them):
 
 * ``next_t`` is the ``t`` the next tick handed out must have; ``None`` only before
-  the first tick of a stream started at the live end. A tick is handed out only if
-  its ``t == next_t``; then ``next_t += 1``. So whatever ends a connection, the
-  next one asks ``from_t=next_t`` = last ``t`` handed out + 1.
+  the first tick of a stream started at the live end or by time (``from_ts``). A
+  tick is handed out only if its ``t == next_t``; then ``next_t += 1``. So whatever
+  ends a connection, the next one asks ``from_t=next_t`` = last ``t`` handed out + 1
+  (``from_ts`` again while no tick came).
 * ``epoch`` is the history ``next_t`` belongs to (``None`` until the first hello).
   A hello with another epoch means ``next_t`` points into other data.
 * Skipping ticks happens in two places only, both under ``on_gap``: a hello with
   ``truncated`` (retention) and a hello with a new epoch (a reset).
+* Never loop without progress: answers that move nothing (a 4008 close, an empty
+  history page while the server has ticks there) are counted, the count is reset
+  by a tick, and the ``MAX_STALLS``-th in a row raises :class:`NoProgressError`.
 
 The I/O layer (``follow.py``) asks :meth:`Cursor.query` before connecting, feeds
 :meth:`Cursor.hello` and :meth:`Cursor.take`, and on the way out asks
@@ -32,13 +36,14 @@ import orjson
 from ..errors import (
     BadMessageError,
     EpochChangedError,
+    NoProgressError,
     RefusedError,
     StreamClosedError,
     TruncatedError,
 )
 from .settings import OnGap
 
-__all__ = ["Backoff", "Cursor", "Next", "Tick", "silence_limit_s"]
+__all__ = ["MAX_STALLS", "Backoff", "Cursor", "Next", "Tick", "silence_limit_s"]
 
 log = logging.getLogger("tickcast.client")
 
@@ -50,6 +55,7 @@ CLOSE_EPOCH = 4009  # epoch changed (SPEC §7)
 FATAL_CLOSES = frozenset({1002, 1003, 1007, 1009, 1010, 1011})
 # HTTP statuses worth retrying: the server is busy or on its way back.
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+MAX_STALLS = 4  # answers in a row that move nothing before NoProgressError
 _RESUME_T = re.compile(r"from_t=(\d+)")
 
 
@@ -93,11 +99,34 @@ class Backoff:
 
 @dataclass
 class Cursor:
-    """Where a stream is (``next_t``, ``epoch``) and the gap policy."""
+    """Where a stream is (``next_t``, ``epoch``), the gap policy, and the stall count."""
 
     next_t: int | None = None
     epoch: str | None = None
     on_gap: OnGap = "raise"
+    from_ts: float | None = None  # the start by time, asked while no tick came
+    stalls: int = 0  # answers in a row that moved nothing (see stalled())
+    moved: bool = False  # a tick came since the last 4008
+
+    def query_start(self) -> dict[str, str]:
+        """Where the next request starts: ``from_t``, or ``from_ts`` before any tick."""
+        if self.next_t is not None:
+            return {"from_t": str(self.next_t)}
+        if self.from_ts is not None:
+            return {"from_ts": repr(self.from_ts)}
+        return {}
+
+    def stalled(self, detail: str) -> None:
+        """An answer that moved nothing (a 4008 with no tick since the last one, an
+        empty page while the server has ticks from ``next_t``).
+
+        Raises:
+            NoProgressError: the ``MAX_STALLS``-th such answer in a row.
+        """
+        self.stalls += 1
+        if self.stalls >= MAX_STALLS:
+            raise NoProgressError(next_t=self.next_t, attempts=self.stalls, detail=detail)
+        log.warning("no progress at t=%s (%d in a row): %s", self.next_t, self.stalls, detail)
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -134,6 +163,13 @@ class Cursor:
         Raises:
             TruncatedError: with ``on_gap="raise"``; otherwise ``next_t`` jumps.
         """
+        if self.next_t is None and self.from_ts is not None:
+            # A seek by time landed on oldest_t: ticks before it (some may match) are gone.
+            gap = TruncatedError(next_t=None, oldest_t=oldest_t)
+            if self.on_gap == "raise":
+                raise gap
+            log.warning("%s; carrying on at t=%d", gap, oldest_t)
+            return
         if self.next_t is None or oldest_t <= self.next_t:
             return
         gap = TruncatedError(next_t=self.next_t, oldest_t=oldest_t)
@@ -176,6 +212,8 @@ class Cursor:
             if self.next_t is not None and t != self.next_t:
                 raise BadMessageError(f"expected t={self.next_t}, got t={t}")
             self.next_t = t + 1
+            self.stalls = 0
+            self.moved = True
 
     # -- after a connection ---------------------------------------------------------------
 
@@ -195,6 +233,10 @@ class Cursor:
                 # own count is what "no gap, no duplicate" is measured against.
                 log.warning("4008 names from_t=%d, but t=%d comes next here", named, self.next_t)
             log.info("closed 4008 (%s); resuming at from_t=%s", reason, self.next_t)
+            if self.moved:  # ticks came since the last 4008: an ordinary slow-consumer close
+                self.moved = False
+            else:
+                self.stalled(f"closed 4008 ({reason})")
             return Next.NOW
         if code == CLOSE_EPOCH:
             # The hello of the next connection carries the new epoch: hello() decides.

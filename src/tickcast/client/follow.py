@@ -35,19 +35,25 @@ PAGE_LIMIT = 10_000  # /incremental's cap (SPEC §4)
 HTTP_TIMEOUT_S = 30.0
 
 
-async def follow(settings: Settings, from_t: int | None) -> AsyncGenerator[list[Tick], None]:
+async def follow(
+    settings: Settings, from_t: int | None, from_ts: float | None = None
+) -> AsyncGenerator[list[Tick], None]:
     """Yield the stream's ticks, one server message's worth at a time, forever.
 
-    Starts at ``from_t`` (None: the latest tick). Reconnects by itself: at once
-    after a 4008 or 4009, after a backoff when the server is away or busy, each time
-    with ``from_t`` = the last ``t`` yielded + 1. Closing the generator (or
+    Starts at ``from_t``, or at the first tick with ``ts >= from_ts`` (neither: the
+    latest tick). Reconnects by itself: at once after a 4008 or 4009, after a
+    backoff when the server is away or busy, each time with ``from_t`` = the last
+    ``t`` yielded + 1. The backoff starts again from its first step only once a
+    tick has been yielded, never on a bare hello. Closing the generator (or
     cancelling the task iterating it) closes the connection.
 
     Raises:
         GapError: a resume would skip ticks, with ``on_gap="raise"``.
+        NoProgressError: the server closed with 4008 at the same ``t`` again and
+            again (``MAX_STALLS`` times) without a tick in between.
         RefusedError, StreamClosedError, BadMessageError: see ``tickcast.errors``.
     """
-    cursor = Cursor(next_t=from_t, on_gap=settings.on_gap)
+    cursor = Cursor(next_t=from_t, on_gap=settings.on_gap, from_ts=from_ts)
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
     idle_nows = 0  # reconnects "at once" in a row that yielded nothing
     while True:
@@ -65,7 +71,6 @@ async def follow(settings: Settings, from_t: int | None) -> AsyncGenerator[list[
                 hello = cursor.hello(await ws.receive())
             step = Next.NOW  # unless the connection is followed and ends (below)
             if hello is not None:
-                backoff.reset()
                 log.info(
                     "connected to %s (from_t=%s, latest_t=%s)",
                     settings.endpoint.host_header,
@@ -78,6 +83,8 @@ async def follow(settings: Settings, from_t: int | None) -> AsyncGenerator[list[
                         data = await ws.receive()
                     ticks = cursor.take(data)
                     if ticks:
+                        if not yielded:  # progress: the next failure waits the least again
+                            backoff.reset()
                         yielded = True
                         yield ticks
         except Closed as exc:
@@ -103,37 +110,43 @@ async def follow(settings: Settings, from_t: int | None) -> AsyncGenerator[list[
 
 
 def _stream_query(settings: Settings, cursor: Cursor) -> dict[str, str]:
-    query = settings.query(cursor.next_t)
+    query = settings.query(cursor.query_start())
     if settings.batch != 1:
         query["batch"] = str(settings.batch)
     return query
 
 
 async def history_pages(
-    settings: Settings, from_t: int, to_t: int | None
+    settings: Settings, from_t: int | None, to_t: int | None, from_ts: float | None = None
 ) -> AsyncGenerator[list[Tick], None]:
     """Yield the ticks with ``from_t <= t < to_t`` (``to_t=None``: up to the latest
     at the time of each page), one ``/incremental`` page at a time.
 
+    With ``from_ts`` instead of ``from_t``: from the first tick with ``ts >= from_ts``.
     Pages of up to ``PAGE_LIMIT`` ticks. Retries a page after a backoff when the
-    server is away or busy (connection refused, 429, 502-504).
+    server is away or busy (connection refused, 429, 502-504), or when it gives an
+    empty page although it has ticks there (an edge that cannot read its producer's
+    history), the latter at most ``MAX_STALLS`` times in a row.
 
     Raises:
         TruncatedError: ``from_t`` is older than the oldest tick kept, with
             ``on_gap="raise"`` (with ``"continue"`` the pages start at ``oldest_t``).
+        NoProgressError: empty pages, ``MAX_STALLS`` in a row, for a range the
+            server says it has.
         RefusedError: a 4xx (400, 401...) or a 500 (a corrupt record in the range).
         BadMessageError: a page that does not continue the previous one.
     """
-    cursor = Cursor(next_t=from_t, on_gap=settings.on_gap)
+    cursor = Cursor(next_t=from_t, on_gap=settings.on_gap, from_ts=from_ts)
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
     url = settings.endpoint.http_url("/incremental")
     async with httpx.AsyncClient(headers=settings.headers, timeout=HTTP_TIMEOUT_S) as http:
         while True:
-            assert cursor.next_t is not None
-            limit = PAGE_LIMIT if to_t is None else min(PAGE_LIMIT, to_t - cursor.next_t)
+            limit = PAGE_LIMIT
+            if to_t is not None and cursor.next_t is not None:
+                limit = min(PAGE_LIMIT, to_t - cursor.next_t)
             if limit <= 0:
                 return
-            query = {**settings.query(cursor.next_t), "limit": str(limit)}
+            query = {**settings.query(cursor.query_start()), "limit": str(limit)}
             try:
                 response = await http.get(url, params=query)
             except httpx.TransportError as exc:
@@ -144,13 +157,23 @@ async def history_pages(
                 cursor.refused(response.status_code, response.content)  # raises, or:
                 await anyio.sleep(backoff.delay_s())
                 continue
-            backoff.reset()
             page = response.json()
-            if page["count"] > 0:
+            latest_t = page["latest_t"]
+            if page["count"] == 0 and latest_t is not None and page["from_t"] <= latest_t:
+                # The server has ticks from here but gave none: it cannot read them now.
+                cursor.stalled(f"an empty page from t={page['from_t']} (latest_t={latest_t})")
+                await anyio.sleep(backoff.delay_s())
+                continue
+            backoff.reset()
+            if page["count"] > 0 and cursor.next_t is not None:
                 cursor.truncated(page["from_t"])  # a page starting late: retention
             ticks: list[Tick] = page["data"]
+            if to_t is not None and ticks and cursor.next_t is None:  # started by time
+                ticks = [tick for tick in ticks if tick["t"] < to_t]
             cursor.advance(ticks)
             if ticks:
                 yield ticks
-            if not ticks or page["next_t"] > page["latest_t"]:
+            if not ticks or page["next_t"] > latest_t:
+                return
+            if to_t is not None and cursor.next_t is not None and cursor.next_t >= to_t:
                 return

@@ -8,7 +8,7 @@ with or without the trailing ``/ws/stream``.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -108,11 +108,10 @@ class Settings:
         """Headers for every request: the read token (SPEC §4) when one was given."""
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def query(self, from_t: int | None) -> dict[str, str]:
-        """The stream's (or a page's) query parameters, ``from_t`` first."""
-        query: dict[str, str] = {}
-        if from_t is not None:
-            query["from_t"] = str(from_t)
+    def query(self, start: Mapping[str, str]) -> dict[str, str]:
+        """The stream's (or a page's) query parameters, the start (``from_t`` or
+        ``from_ts``, from ``Cursor.query_start``) first."""
+        query = dict(start)
         if self.fields is not None:
             query["fields"] = ",".join(self.fields)
         return query

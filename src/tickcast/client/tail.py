@@ -24,12 +24,14 @@ def run_tail(
     url: str,
     *,
     from_t: int | None = None,
+    from_ts: float | None = None,
     fields: str | None = None,
     token: str | None = None,
     on_gap: OnGap = "raise",
     out: BinaryIO | None = None,
 ) -> int:
-    """Print every tick from ``from_t`` on to ``out`` (stdout) until interrupted.
+    """Print every tick from ``from_t`` (or the first with ``ts >= from_ts``) on to
+    ``out`` (stdout) until interrupted.
 
     Returns:
         The exit status: 0 after Ctrl-C or a closed pipe.
@@ -41,7 +43,7 @@ def run_tail(
     sink = out if out is not None else sys.stdout.buffer
     client = Client(url, fields=fields, token=token, on_gap=on_gap)
     try:
-        for tick in client.stream(from_t):
+        for tick in client.stream(from_t, from_ts=from_ts):
             sink.write(orjson.dumps(tick) + b"\n")
             sink.flush()
     except KeyboardInterrupt:

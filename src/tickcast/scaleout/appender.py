@@ -27,13 +27,14 @@ import trio
 from coredis.tokens import PureToken
 
 from ..tick import EncodedTick
-from .backoff import Backoff
-from .client import REDIS_ERRORS, open_client
+from .backoff import Backoff, Throttle
+from .client import REDIS_ERRORS, open_client, redacted
 from .layout import (
     EPOCHS_MAXLEN,
+    Announcement,
     StreamFormatError,
     append_start,
-    decode_epoch,
+    decode_announcement,
     encode_epoch,
     entry_id,
     epochs_key,
@@ -53,6 +54,7 @@ _RETRIED: tuple[type[Exception], ...] = (*REDIS_ERRORS, StreamFormatError)
 BATCH = 500  # ticks per script call (1-5 KB each: at most a few MB per round trip)
 STREAM_TIMEOUT_S = 10.0  # the longest one reply may take
 OLD_EPOCH_TTL_S = 3600  # a superseded epoch's stream expires this long after the new one starts
+REPORT_EVERY_S = 10.0  # while Redis stays unreachable, log it at most this often
 
 # KEYS: ticks stream, epochs stream. ARGV: epoch, expected top ID ("" = empty), maxlen,
 # then ID, tick pairs. Returns {1, n appended} or {0, what differs}; writes only on 1.
@@ -140,6 +142,8 @@ class Appender:
         url: the Redis URL (``redis_url``).
         key: the key prefix (``redis_key``).
         maxlen: ticks to keep in the stream (``MAXLEN ~``, ``redis_maxlen``).
+        protected: the producer requires a read token (``read_token`` is set): the
+            epochs stream says so, and edges without a read token refuse to serve it.
         batch: most ticks per append round trip.
         backoff_max_s: the longest wait between connection attempts.
     """
@@ -151,6 +155,7 @@ class Appender:
         url: str,
         key: str,
         maxlen: int,
+        protected: bool = False,
         batch: int = BATCH,
         backoff_max_s: float = 2.0,
     ) -> None:
@@ -163,6 +168,7 @@ class Appender:
         self._ticks_key = ticks_key(key, self._epoch)
         self._epochs_key = epochs_key(key)
         self._maxlen = maxlen
+        self._announcement = Announcement(self._epoch, protected)
         self._batch = batch
         self._backoff = Backoff(max_s=backoff_max_s)
         # state, read through statistics()
@@ -172,6 +178,7 @@ class Appender:
         self._errors = 0
         self._resyncs = 0
         self._last_error: str | None = None
+        self._report = Throttle(REPORT_EVERY_S)
 
     def statistics(self) -> AppenderStatistics:
         return AppenderStatistics(
@@ -210,7 +217,15 @@ class Appender:
                 self._errors += 1
                 self._last_error = "; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions)
                 if self._connected:
-                    log.warning("redis appender lost %s: %s", self._url, self._last_error)
+                    log.warning("redis appender lost %s: %s", redacted(self._url), self._last_error)
+                elif self._report.ready(trio.current_time()):
+                    log.error(
+                        "redis appender: cannot write to redis_url=%s (%s); retrying "
+                        "(logged at most every %.0f s)",
+                        redacted(self._url),
+                        self._last_error,
+                        REPORT_EVERY_S,
+                    )
             self._connected = False
             await trio.sleep(self._backoff.next_delay())
 
@@ -222,6 +237,7 @@ class Appender:
             top = await client.xrevrange(self._ticks_key, count=1)
             top_t = t_of_id(top[0].identifier) if top else None
             self._connected = True
+            self._report.reset()
             self._backoff.reset()
             if top_t is not None:
                 self._appended_t = top_t
@@ -230,23 +246,30 @@ class Appender:
                 top_t = await self._append_next(client, top_t)
 
     async def _announce(self, client: _Client) -> None:
-        """Make this epoch the last entry of the epochs stream (expiring a superseded one)."""
+        """Make this epoch and read access the last entry of the epochs stream
+        (expiring a superseded epoch's stream)."""
         last = await client.xrevrange(self._epochs_key, count=1)
         try:
-            previous = decode_epoch(last[0].field_values) if last else None
+            announced = decode_announcement(last[0].field_values) if last else None
         except StreamFormatError:
-            previous = None  # unreadable: announce over it
-        if previous == self._epoch:
+            announced = None  # unreadable: announce over it
+        if announced == self._announcement:
             return
+        previous = None if announced is None else announced.epoch
         await client.xadd(
             self._epochs_key,
-            encode_epoch(self._epoch),
+            encode_epoch(self._epoch, protected=self._announcement.protected),
             trim_strategy=PureToken.MAXLEN,
             threshold=EPOCHS_MAXLEN,
             trim_operator=PureToken.APPROXIMATELY,
         )
-        log.info("redis appender: announced epoch %s (previous: %s)", self._epoch, previous)
-        if previous is not None:
+        log.info(
+            "redis appender: announced epoch %s, reading %s (previous: %s)",
+            self._epoch,
+            "protected" if self._announcement.protected else "open",
+            previous,
+        )
+        if previous is not None and previous != self._epoch:
             await client.expire(ticks_key(self._key, previous), OLD_EPOCH_TTL_S)
 
     async def _append_next(self, client: _Client, top_t: int | None) -> int | None:

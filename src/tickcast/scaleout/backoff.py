@@ -1,9 +1,10 @@
-"""Capped exponential backoff with jitter (plain Python, no I/O).
+"""Capped exponential backoff with jitter, and a throttle for retry reports (plain Python).
 
 The appender and the follower sleep ``Backoff.next_delay()`` after a failed
 connection cycle and call ``reset()`` once a cycle got going again. The jitter
 (each delay is drawn from the upper half of its step) keeps many edges that lost
-the same Redis from reconnecting in lockstep.
+the same Redis from reconnecting in lockstep. While Redis stays unreachable they
+log the failure once at once, then at most once per ``Throttle.every_s``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "Throttle"]
 
 
 class Backoff:
@@ -40,3 +41,24 @@ class Backoff:
     def reset(self) -> None:
         """Start again from ``initial_s`` (call once a connection works again)."""
         self._step = self.initial_s
+
+
+class Throttle:
+    """Says yes at the first call, then at most once per ``every_s`` (the caller's clock)."""
+
+    def __init__(self, every_s: float) -> None:
+        if every_s <= 0:
+            raise ValueError(f"every_s must be > 0, got {every_s}")
+        self.every_s = every_s
+        self._last: float | None = None
+
+    def ready(self, now: float) -> bool:
+        """True if nothing was let through in the last ``every_s`` before ``now``."""
+        if self._last is not None and now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
+
+    def reset(self) -> None:
+        """The next :meth:`ready` says yes (call once the reported condition is over)."""
+        self._last = None

@@ -26,6 +26,7 @@ Facts this module is shaped by (measured with coredis 6.9.0):
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import anyio
@@ -34,7 +35,7 @@ from coredis.connection import BaseConnection, TCPConnection, UnixDomainSocketCo
 from coredis.exceptions import RedisError
 from coredis.retry import NoRetryPolicy
 
-__all__ = ["CONNECT_TIMEOUT_S", "REDIS_ERRORS", "open_client"]
+__all__ = ["CONNECT_TIMEOUT_S", "REDIS_ERRORS", "open_client", "redacted"]
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -101,3 +102,13 @@ def open_client(url: str, *, stream_timeout_s: float, name: str) -> coredis.Redi
     pool = client.connection_pool
     pool.connection_class = _CLOSING.get(pool.connection_class, pool.connection_class)
     return client
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for a log line: a password in it replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

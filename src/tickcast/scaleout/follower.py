@@ -12,6 +12,9 @@ Invariants:
 * A connection cycle (fresh coredis client) re-reads the current epoch, then
   reads on from the last delivered tick, which fills whatever was appended while
   it was away. After a failed cycle: ``on_state(False)``, capped backoff, retry.
+  A Redis that cannot be reached is logged as an error naming ``redis_url`` at the
+  first failure, then at most once per ``REPORT_EVERY_S`` while it lasts (a
+  mistyped URL must not look like a quiet producer).
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ import trio
 from coredis.response.types import StreamEntry
 
 from ..tick import EncodedTick
-from .backoff import Backoff
-from .client import REDIS_ERRORS, open_client
+from .backoff import Backoff, Throttle
+from .client import REDIS_ERRORS, open_client, redacted
 from .layout import (
     Step,
     StreamFormatError,
     decide,
+    decode_announcement,
     decode_entry,
-    decode_epoch,
     entry_id,
     epochs_key,
     initial_cursor,
@@ -50,6 +53,7 @@ _RETRIED: tuple[type[Exception], ...] = (*REDIS_ERRORS, StreamFormatError)
 BATCH = 500  # entries per XREAD reply
 BLOCK_S = 2.0  # how long one XREAD waits for news
 STREAM_TIMEOUT_MARGIN_S = 5.0  # a reply later than BLOCK_S + this means the link is dead
+REPORT_EVERY_S = 10.0  # while Redis stays unreachable, log it at most this often
 
 _Client = coredis.Redis[bytes]
 
@@ -61,11 +65,13 @@ class TickSink(Protocol):
     stream keeps the ticks meanwhile; past ``redis_maxlen`` that becomes a gap).
     """
 
-    async def on_epoch(self, epoch: str) -> None:
-        """The producer's epoch: once when first learnt, then at every change.
+    async def on_epoch(self, epoch: str, *, protected: bool) -> None:
+        """The producer's epoch: once when first learnt, then at every change of the
+        epoch or of its read access (``protected``: the producer requires a read token).
 
-        After a change, ``t`` starts afresh: the next ``on_ticks`` begins the new
-        epoch's history (its last ``backlog`` ticks).
+        After an epoch change, ``t`` starts afresh: the next ``on_ticks`` begins the
+        new epoch's history (its last ``backlog`` ticks). Before the first call no
+        tick is delivered.
         """
         ...
 
@@ -117,6 +123,7 @@ class Follower:
             many of the newest ticks before the live ones, e.g. the edge's ring size.
         block_s: how long one ``XREAD`` blocks; the reply timeout is set above it.
         backoff_max_s: the longest wait between connection attempts.
+        report_every_s: while Redis cannot be reached, log that at most this often.
     """
 
     def __init__(
@@ -128,6 +135,7 @@ class Follower:
         backlog: int,
         block_s: float = BLOCK_S,
         backoff_max_s: float = 2.0,
+        report_every_s: float = REPORT_EVERY_S,
     ) -> None:
         if backlog < 0:
             raise ValueError(f"backlog must be >= 0, got {backlog}")
@@ -141,6 +149,7 @@ class Follower:
         self._backoff = Backoff(max_s=backoff_max_s)
         # Reading position
         self._epoch: str | None = None
+        self._protected = False  # the last announcement's read access
         self._last_t: int | None = None  # last tick delivered in this epoch
         self._cursor: str | None = None  # read ticks after this ID; None: find the backlog
         self._epochs_cursor = "0-0"
@@ -150,6 +159,8 @@ class Follower:
         self._malformed = 0
         self._errors = 0
         self._last_error: str | None = None
+        self._report = Throttle(report_every_s)
+        self._failures = 0  # connection cycles failed in a row
 
     def statistics(self) -> FollowerStatistics:
         return FollowerStatistics(
@@ -186,9 +197,19 @@ class Follower:
                 await self._cycle()
             except* _RETRIED as group:
                 self._errors += 1
+                self._failures += 1
                 self._last_error = "; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions)
                 if self._connected:
-                    log.warning("redis follower lost %s: %s", self._url, self._last_error)
+                    log.warning("redis follower lost %s: %s", redacted(self._url), self._last_error)
+                elif self._report.ready(trio.current_time()):
+                    log.error(
+                        "redis follower: cannot read redis_url=%s (%s); %d attempt(s) failed, "
+                        "retrying (logged at most every %.0f s)",
+                        redacted(self._url),
+                        self._last_error,
+                        self._failures,
+                        self._report.every_s,
+                    )
             await self._set_connected(False)
             await trio.sleep(self._backoff.next_delay())
 
@@ -208,6 +229,14 @@ class Follower:
             else:  # Redis came back empty: take whatever the producer announces next
                 self._epochs_cursor = "0-0"
             await self._set_connected(True)
+            if self._failures:
+                log.info(
+                    "redis follower: reading redis_url=%s after %d failed attempt(s)",
+                    redacted(self._url),
+                    self._failures,
+                )
+            self._failures = 0
+            self._report.reset()
             self._backoff.reset()
             while True:
                 await self._read(client)
@@ -247,7 +276,7 @@ class Follower:
                 continue
             if step is Step.EPOCH:  # a tick of another epoch in this epoch's key
                 await self._flush(run)
-                await self._switch(entry.epoch)
+                await self._switch(entry.epoch, self._protected)  # the epochs entry follows
                 return
             if step is Step.GAP:
                 assert self._last_t is not None
@@ -270,21 +299,25 @@ class Follower:
 
     async def _on_epoch_entry(self, entry: StreamEntry) -> None:
         try:
-            epoch = decode_epoch(entry.field_values)
+            announced = decode_announcement(entry.field_values)
         except StreamFormatError as exc:
             self._malformed += 1
             log.error("redis follower: skipping an epochs entry: %s", exc)
             return
-        if epoch != self._epoch:
-            await self._switch(epoch)
+        if announced.epoch != self._epoch:
+            await self._switch(announced.epoch, announced.protected)
+        elif announced.protected != self._protected:
+            self._protected = announced.protected
+            await self._sink.on_epoch(announced.epoch, protected=announced.protected)
 
-    async def _switch(self, epoch: str) -> None:
+    async def _switch(self, epoch: str, protected: bool) -> None:
         if self._epoch is not None:
             log.warning("redis follower: epoch changed from %s to %s", self._epoch, epoch)
         self._epoch = epoch
+        self._protected = protected
         self._last_t = None
         self._cursor = None
-        await self._sink.on_epoch(epoch)
+        await self._sink.on_epoch(epoch, protected=protected)
 
 
 def _text(value: bytes | str) -> str:

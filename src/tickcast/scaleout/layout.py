@@ -10,9 +10,13 @@ Keys, for a ``redis_key`` prefix ``P`` (default ``tickcast``):
     minus one; Redis refuses ``0-0``), fields ``epoch`` (the epoch, again) and
     ``tick`` (the tick's exact JSON bytes). Trimmed with ``MAXLEN ~ redis_maxlen``.
 ``P:epochs``
-    The control stream: one entry (auto ID, field ``epoch``) each time a producer
-    starts appending under an epoch that is not already the last one listed.
-    Its last entry is the current epoch. Trimmed with ``MAXLEN ~ 100``.
+    The control stream: one entry (auto ID, fields ``epoch`` and ``access``) each
+    time a producer starts appending under an epoch, or a read access, that is not
+    already the last one listed. Its last entry is the current epoch. ``access``
+    is ``token`` when the producer requires a read token and ``open`` otherwise:
+    an edge without a ``read_token`` refuses to serve a protected stream (an entry
+    without the field, from an older producer, counts as ``open``; an unknown
+    value as ``token``). Trimmed with ``MAXLEN ~ 100``.
 
 Why a stream per epoch plus a control stream:
 
@@ -43,12 +47,14 @@ from ..tick import EncodedTick
 
 __all__ = [
     "EPOCHS_MAXLEN",
+    "Announcement",
     "Entry",
     "EntryFields",
     "Step",
     "StreamFormatError",
     "append_start",
     "decide",
+    "decode_announcement",
     "decode_entry",
     "decode_epoch",
     "encode_entry",
@@ -64,6 +70,8 @@ EPOCHS_MAXLEN = 100  # entries kept in P:epochs (only the last one is ever read)
 
 _EPOCH = b"epoch"
 _TICK = b"tick"
+_ACCESS = b"access"
+_OPEN, _TOKEN = b"open", b"token"
 
 EntryFields = Mapping[bytes | str, bytes | str]
 """An entry's fields as coredis returns them (bytes, the client not decoding)."""
@@ -161,9 +169,41 @@ def decode_entry(identifier: bytes | str, fields: EntryFields) -> Entry:
     return Entry(epoch, tick)
 
 
-def encode_epoch(epoch: str) -> dict[bytes, bytes]:
-    """The fields of a ``P:epochs`` entry announcing ``epoch``."""
-    return {_EPOCH: epoch.encode()}
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A decoded ``P:epochs`` entry.
+
+    Attributes:
+        epoch: the producer's epoch.
+        protected: reading the producer's feed needs a read token (its ``read_token``
+            is set), so an edge must not serve it without one.
+    """
+
+    epoch: str
+    protected: bool = False
+
+
+def encode_epoch(epoch: str, *, protected: bool = False) -> dict[bytes, bytes]:
+    """The fields of a ``P:epochs`` entry announcing ``epoch`` (``epoch`` first: the
+    appender's script reads it as the entry's first field)."""
+    return {_EPOCH: epoch.encode(), _ACCESS: _TOKEN if protected else _OPEN}
+
+
+def decode_announcement(fields: EntryFields) -> Announcement:
+    """The epoch and read access a ``P:epochs`` entry announces.
+
+    Raises:
+        StreamFormatError: the entry has no valid ``epoch`` field.
+    """
+    try:
+        epoch = _field(fields, _EPOCH).decode()
+    except UnicodeDecodeError:
+        raise StreamFormatError("the epoch field is not UTF-8") from None
+    try:
+        access = _field(fields, _ACCESS)
+    except StreamFormatError:  # written by a producer that did not record it
+        access = _OPEN
+    return Announcement(epoch, protected=access != _OPEN)
 
 
 def decode_epoch(fields: EntryFields) -> str:
@@ -172,10 +212,7 @@ def decode_epoch(fields: EntryFields) -> str:
     Raises:
         StreamFormatError: the entry has no valid ``epoch`` field.
     """
-    try:
-        return _field(fields, _EPOCH).decode()
-    except UnicodeDecodeError:
-        raise StreamFormatError("the epoch field is not UTF-8") from None
+    return decode_announcement(fields).epoch
 
 
 # -- decisions --------------------------------------------------------------------------
