@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     edge = commands.add_parser(
         "edge",
         help="run a scale-out edge (needs --redis-url)",
-        description="Run a stateless edge (SPEC §7): no source, no segment files; it reads the "
-        "producer's ticks from the Redis stream and serves /ws/stream, /incremental, /health, "
-        "/metrics and / to its own clients. Source and storage settings are ignored.",
+        description="Run a stateless edge (docs/scale-out.md): no source, no segment files; "
+        "it reads the producer's ticks from the Redis stream and serves /ws/stream, "
+        "/incremental, /health, /metrics and / to its own clients. Source and storage "
+        "settings are ignored.",
     )
     edge.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     add_arguments(edge)

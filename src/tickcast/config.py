@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 ENV_PREFIX = "TICKCAST_"
-DEFAULT_AGENTS = 40  # simulated agents: a ~2.5 KB tick (SPEC §2: 1-5 KB)
+DEFAULT_AGENTS = 40  # simulated agents: a ~2.5 KB tick (docs/protocol.md: 1-5 KB)
 MiB = 2**20
 
 FsyncPolicy = Literal["always", "interval", "never"]
@@ -46,7 +46,7 @@ def _opt(help: str, **kw: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    """Every setting of ``tickcast serve`` (SPEC §1)."""
+    """Every setting of ``tickcast serve`` (the README's settings table)."""
 
     # Network
     host: str = field(default="127.0.0.1", metadata=_opt("address to listen on"))
@@ -89,7 +89,7 @@ class Config:
     trusted_proxies: tuple[Network, ...] = field(
         default=(), metadata=_opt("comma list of proxy IPs/CIDRs whose X-Forwarded-For is believed")
     )
-    # Scale-out (SPEC §7)
+    # Scale-out (docs/scale-out.md)
     redis_url: str | None = field(
         default=None, metadata=_opt("Redis for scale-out, redis://HOST:PORT/DB (None: off)")
     )

@@ -1,4 +1,4 @@
-"""The edge role (SPEC §7): no source and no segment files, the producer's ticks
+"""The edge role (docs/scale-out.md): no source and no segment files, the producer's ticks
 read from a Redis stream and served to this process's own clients.
 
 ::

@@ -9,7 +9,7 @@ the last tick on disk, whoever calls (the simulator, concurrent ``POST
 
 The writer task writes each batch to the segment files and only then
 publishes it through :meth:`Service.publish`, so no client ever sees a tick a
-process crash could lose (SPEC §5). A scale-out
+process crash could lose (docs/storage.md, durability). A scale-out
 edge has no producer: it publishes what it reads from the stream.
 
 With ``redis_url`` set, the producer also runs an :class:`~tickcast.scaleout.Appender`

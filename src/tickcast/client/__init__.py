@@ -1,4 +1,4 @@
-"""The Python client of a tickcast feed (SPEC §9); ``docs/client.md`` has the details.
+"""The Python client of a tickcast feed; ``docs/client.md`` has the details.
 
 ::
 

@@ -1,4 +1,4 @@
-"""``Client``: what an analyst's script uses to read a tickcast feed (SPEC §9)."""
+"""``Client``: what an analyst's script uses to read a tickcast feed (docs/client.md)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ class Client:
             a list or a comma string. None (default): the whole tick.
         batch: ticks per message when several are ready at once (replay, catch-up),
             1..1000. Larger batches catch up faster; live ticks are never held back.
-        token: the read token (SPEC §4), sent as ``Authorization: Bearer <token>``.
+        token: the read token (``--read-token`` on the server), sent as
+            ``Authorization: Bearer <token>``.
         on_gap: ``"raise"`` (default): a resume that would skip ticks raises
             :class:`~tickcast.errors.TruncatedError` or
             :class:`~tickcast.errors.EpochChangedError`. ``"continue"``: log a warning

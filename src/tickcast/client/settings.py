@@ -15,7 +15,7 @@ from typing import Literal
 __all__ = ["MAX_BATCH", "Endpoint", "OnGap", "Settings"]
 
 OnGap = Literal["raise", "continue"]
-MAX_BATCH = 1000  # SPEC §3: batch is 1..1000
+MAX_BATCH = 1000  # the stream's batch is 1..1000 (docs/protocol.md)
 
 _TLS = {"http": False, "ws": False, "https": True, "wss": True}
 
@@ -105,7 +105,7 @@ class Settings:
 
     @property
     def headers(self) -> dict[str, str]:
-        """Headers for every request: the read token (SPEC §4) when one was given."""
+        """Headers for every request: the read token when one was given."""
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def query(self, start: Mapping[str, str]) -> dict[str, str]:

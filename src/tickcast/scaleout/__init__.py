@@ -1,4 +1,6 @@
-"""Scale-out through Redis Streams (SPEC §7): the producer's appender, the edge's follower.
+"""Scale-out through Redis Streams: the producer's appender, the edge's follower.
+
+docs/scale-out.md describes it for operators.
 
 * :mod:`.layout` — key names, entry format, the follower's per-entry decision
   (plain Python; the design notes are in its docstring).

@@ -88,7 +88,7 @@ def open_client(url: str, *, stream_timeout_s: float, name: str) -> coredis.Redi
     """A new client for ``url`` (``redis://host:port/db``), to be entered with ``async with``.
 
     Args:
-        url: the Redis URL (SPEC §7 ``redis_url``).
+        url: the Redis URL (the ``redis_url`` setting).
         stream_timeout_s: the longest any reply may take (above any ``XREAD BLOCK``).
         name: the ``CLIENT SETNAME`` shown by ``CLIENT LIST`` (e.g. ``tickcast-appender``).
     """

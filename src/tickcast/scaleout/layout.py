@@ -1,4 +1,4 @@
-"""The Redis Streams layout of scale-out (SPEC §7): key names, entries, decisions.
+"""The Redis Streams layout of scale-out (docs/scale-out.md): key names, entries, decisions.
 
 Plain Python, no I/O: the appender and the follower are thin Redis loops around
 these functions, and the tests exercise them synchronously.

@@ -1,4 +1,6 @@
-"""The ingest source: an external simulation POSTs ticks (SPEC §6). Plain Python.
+"""The ingest source: an external simulation POSTs ticks. Plain Python.
+
+The README's "Serving an external simulation" shows it from the user's side.
 
 The route is ``app.py``'s ``POST /ingest``, with ``Authorization: Bearer
 <ingest_token>`` and a JSON body that is one tick's content or a list of them:

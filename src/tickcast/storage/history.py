@@ -4,7 +4,7 @@ Two roles implement it:
 
 * the producer's :class:`~tickcast.storage.local.LocalHistory`: the ring in front of
   the segment files, fed by the source and published by the segment writer;
-* a scale-out edge's history, fed from a Redis stream (SPEC §7).
+* a scale-out edge's history, fed from a Redis stream (docs/scale-out.md).
 
 Sessions (``transports``), the hub and the routes (``web``) see only this
 interface, so an edge is an addition, not a fork. Invariants every implementation
@@ -79,7 +79,7 @@ class History(Protocol):
         ...
 
     async def find_ts(self, ts: float) -> int:
-        """The ``t`` a seek to unix time ``ts`` starts at (SPEC §4 "Seeking by time").
+        """The ``t`` a seek to unix time ``ts`` starts at (docs/protocol.md, "Seeking by time").
 
         The first published tick whose ``ts >= ts``, found by a binary search (no
         scan); ``next_published_t`` when no published tick qualifies (the stream then

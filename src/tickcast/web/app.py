@@ -1,4 +1,4 @@
-"""The Quart-Trio app: routes only (SPEC §4), plus ``/ws/stream`` over ASGI.
+"""The Quart-Trio app: routes only (docs/api.md), plus ``/ws/stream`` over ASGI.
 
 The app owns no tasks: the service (history, hub, source, writer) lives in the
 nursery of ``assembly.py``, which attaches it (:meth:`TickcastApp.attach`) for

@@ -100,8 +100,8 @@ ERRORS: dict[int, tuple[str, dict[str, str]]] = {
     ),
 }
 
-# Access (SPEC §4). The read token is optional: without `read_token` set, no token is
-# needed, hence the empty requirement first.
+# Access (docs/protocol.md, "Read access"). The read token is optional: without
+# `read_token` set, no token is needed, hence the empty requirement first.
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     "readBearer": {
         "type": "http",
@@ -124,7 +124,7 @@ READ_ACCESS: list[dict[str, list[str]]] = [{}, {"readBearer": []}, {"readQuery":
 INGEST_ACCESS: list[dict[str, list[str]]] = [{"ingestBearer": []}]
 
 DESCRIPTION = f"""\
-The HTTP side of tickcast, a live market-data feed (SPEC §4).
+The HTTP side of tickcast, a live market-data feed.
 
 * The WebSocket stream `GET /ws/stream` is described as AsyncAPI 3 in
   [/asyncapi.json](/asyncapi.json); its handshake refusals (400, 401, 429) are JSON too.
