@@ -22,8 +22,8 @@ import trio
 
 from conftest import Running, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
-from tickcast.transports.session import CloseCode
 from tickcast.web import asyncapi
+from tickcast.wire import CloseCode
 
 SPECS_PACKAGE = "@asyncapi/specs@6.11.1"  # the AsyncAPI initiative's schemas, Apache-2.0
 SCHEMA_IN_PACKAGE = "package/schemas/3.0.0.json"

@@ -36,6 +36,7 @@ from ..errors import (
     StreamClosedError,
     TruncatedError,
 )
+from ..wire import CloseCode
 from .settings import OnGap
 
 __all__ = ["Backoff", "Cursor", "Next", "Tick", "silence_limit_s"]
@@ -44,8 +45,6 @@ log = logging.getLogger("tickcast.client")
 
 Tick = dict[str, Any]
 
-CLOSE_SLOW = 4008  # slow consumer; resume with from_t=N
-CLOSE_EPOCH = 4009  # epoch changed (SPEC §7)
 # Close codes a reconnect cannot fix: the same request would fail the same way.
 FATAL_CLOSES = frozenset({1002, 1003, 1007, 1009, 1010, 1011})
 # HTTP statuses worth retrying: the server is busy or on its way back.
@@ -185,7 +184,7 @@ class Cursor:
         Raises:
             StreamClosedError: a code that reconnecting cannot fix (see ``FATAL_CLOSES``).
         """
-        if code == CLOSE_SLOW:
+        if code == CloseCode.SLOW_CONSUMER:
             match = _RESUME_T.search(reason)
             named = int(match.group(1)) if match else None
             if self.next_t is None:
@@ -196,7 +195,7 @@ class Cursor:
                 log.warning("4008 names from_t=%d, but t=%d comes next here", named, self.next_t)
             log.info("closed 4008 (%s); resuming at from_t=%s", reason, self.next_t)
             return Next.NOW
-        if code == CLOSE_EPOCH:
+        if code == CloseCode.EPOCH_CHANGED:
             # The hello of the next connection carries the new epoch: hello() decides.
             log.info("closed 4009 (%s); reconnecting to learn the new epoch", reason)
             return Next.NOW

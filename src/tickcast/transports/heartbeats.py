@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from tickcast.transports.session import heartbeat_message
+from tickcast.protocol import heartbeat_message
 
 if TYPE_CHECKING:
     from tickcast.service import Service

@@ -7,7 +7,7 @@ with :func:`attach`. Every error response is JSON ``{"error", "detail"}``.
 ``/ws/stream`` here is the portable transport for a stock ``hypercorn`` deployment
 (``transports.asgi``); ``tickcast serve`` answers it on its raw fast path instead
 (``transports.raw``). Both admit connections through ``transports.intake`` and
-speak the same protocol (``transports.session``).
+speak the same protocol (``protocol.StreamProtocol``, driven by ``transports.stream``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from tickcast.transports.intake import Refusal, admit, authorize
 from tickcast.transports.params import BadParam, fields_param, int_param, start_params
 from tickcast.web import apidocs, keepalive, openapi, schemas
 from tickcast.web.openapi import INGEST_ACCESS, READ_ACCESS, answers, json_body, page
+from tickcast.wire import PAGE_LIMIT
 
 __all__ = ["attach", "create_app"]
 
@@ -46,7 +47,6 @@ log = logging.getLogger("tickcast.app")
 SERVICE_KEY = "TICKCAST_SERVICE"
 PRODUCER_KEY = "TICKCAST_PRODUCER"
 BEATS_KEY = "TICKCAST_HEARTBEATS"  # the stream sessions' heartbeat timer, once started
-MAX_LIMIT = 10_000
 
 
 # -- documentation models (OpenAPI only; the handlers build their JSON directly) -------
@@ -65,7 +65,7 @@ class IncrementalQuery(msgspec.Struct):
         int,
         Meta(
             ge=1,
-            description=f"Ticks per page; over {MAX_LIMIT} is capped at {MAX_LIMIT} (no error).",
+            description=f"Ticks per page; over {PAGE_LIMIT} is capped at {PAGE_LIMIT} (no error).",
         ),
     ] = 1000
     fields: schemas.Fields | UnsetType = UNSET
@@ -75,7 +75,7 @@ class IncrementalResponse(msgspec.Struct):
     """Up to `limit` consecutive ticks (`count: 0` past `latest_t`)."""
 
     from_t: Annotated[int, Meta(ge=0, description="t of the first tick in data")]
-    count: Annotated[int, Meta(ge=0, le=MAX_LIMIT)]
+    count: Annotated[int, Meta(ge=0, le=PAGE_LIMIT)]
     latest_t: Annotated[int, Meta(ge=0)] | None
     next_t: Annotated[int, Meta(ge=0, description="from_t + count: the from_t of the next page")]
     data: list[schemas.Tick]
@@ -223,7 +223,7 @@ def create_app() -> QuartTrio:
     @answers(400, 401, 503)
     @security_scheme(READ_ACCESS)
     async def incremental() -> Response:
-        """Up to ``limit`` (max 10000) consecutive ticks from ``max(from_t, oldest_t)``.
+        """Up to ``limit`` (max ``PAGE_LIMIT``) consecutive ticks from ``max(from_t, oldest_t)``.
 
         With ``from_ts`` instead of ``from_t``: from the first tick whose ``ts >= from_ts``.
         """
@@ -231,7 +231,7 @@ def create_app() -> QuartTrio:
         _authorize(service)
         from_t, from_ts = start_params(request.args)
         limit = int_param(request.args, "limit", 1, None)
-        limit = 1000 if limit is None else min(limit, MAX_LIMIT)
+        limit = 1000 if limit is None else min(limit, PAGE_LIMIT)
         fields = fields_param(request.args)
         history = service.history
         if from_ts is not None:
