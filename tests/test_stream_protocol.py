@@ -47,6 +47,7 @@ EXPECTED: dict[tuple[State, Event], State] = {
     (IN, Event.ENDED): CLG,
     (CLG, Event.ENDED): CLG,
     (CLG, Event.CLOSED): CLD,
+    (CLD, Event.ENDED): CLD,
 }
 
 LANE = object()

@@ -23,7 +23,7 @@ The life of a stream::
     GREETING --greeted--> CATCHING_UP --caught up--> LIVE <--joined / left--> IN_LANE
                                ^                      |
                                +-----fell behind------+
-    any of those --ended--> CLOSING --closed--> CLOSED
+    any of those --ended--> CLOSING --closed--> CLOSED  (ended again: no change)
 
 Invariants:
 
@@ -120,6 +120,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     **{(state, Event.ENDED): State.CLOSING for state in _OPEN},
     (State.CLOSING, Event.ENDED): State.CLOSING,  # a later reason is ignored
     (State.CLOSING, Event.CLOSED): State.CLOSED,
+    (State.CLOSED, Event.ENDED): State.CLOSED,  # e.g. the hub's 4009 racing the close
 }
 """Every allowed step: ``(state, event) -> next state``. Anything else is a bug."""
 

@@ -1,5 +1,9 @@
 """``/ws/stream`` over Quart's websocket object: the transport under a stock ASGI server.
 
+An :class:`AsgiSession` holds a sans-I/O ``protocol.StreamProtocol`` (the
+decisions) and ``transports/stream.serve`` drives it, exactly as for the raw
+transport; this module only moves messages between the hub, a channel and Quart.
+
 Under ``hypercorn ... tickcast.asgi:app`` the stream is an ordinary Quart websocket
 route. Each connection has a bounded trio memory channel (``ASGI_QUEUE`` ticks) that
 the hub fills with ``send_nowait``; the connection's task drains it, grouping up to
@@ -13,7 +17,9 @@ with a full channel, a beat is skipped: ticks are on their way.
 
 What differs from the raw transport (docs/protocol.md, "The ASGI transport"):
 Hypercorn builds the frames and compresses per connection, and shields its sends,
-so a close to a client that does not read is bounded by TCP, not by us.
+so a close to a client that does not read is bounded by TCP, not by us. It also
+reads and answers pings and a client's close itself, whatever is waiting to be
+sent, and then cancels this session's task: no tick is sent after the close.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ class AsgiSession:
 
     @property
     def lane(self) -> Lane | None:
-        return None  # never in a lane
+        return self.protocol.lane  # type: ignore[return-value]  # always None: never joins
 
     @lane.setter
     def lane(self, lane: Lane | None) -> None:

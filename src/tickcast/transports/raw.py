@@ -1,5 +1,10 @@
 """``/ws/stream`` on a raw non-blocking socket: the fast transport of ``tickcast serve``.
 
+A :class:`RawSession` holds a sans-I/O ``protocol.StreamProtocol``, which decides
+what to send and when the stream ends, and ``transports/stream.serve`` drives it;
+this module only moves bytes: the outbox, the reader, the bounded close, and the
+:class:`RawLane` fast path the hub serves live clients through.
+
 Invariants:
 
 * Outgoing frames are written by us (``frames.py``), never by wsproto, except
@@ -17,6 +22,11 @@ Invariants:
   member only while its outbox is empty: the moment anything is queued (the rest of a
   short send, a heartbeat or a reply that did not go at once) it leaves, so every
   write still goes through the outbox in order; it rejoins once the outbox is empty.
+* Control frames are read and answered whatever the outbox holds (the reader
+  never stops for a full outbox while fewer than ``UNANSWERED_INPUT`` bytes of
+  client messages wait for their answer): a pong or a close reply goes right after
+  the frame being sent, and a client's close drops every frame not yet started,
+  so the stream stops sending ticks the moment it has the close.
 * Every exit releases the connection slot first, then closes: a close frame with its
   code, a bounded flush (``config.close_grace_s``), and an abortive close (RST) if the client
   will not take the bytes — so a stalled client's socket never lingers.
