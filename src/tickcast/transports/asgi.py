@@ -35,7 +35,7 @@ from tickcast.protocol import End, StreamProtocol
 from tickcast.service import Service
 from tickcast.tick import EncodedTick
 from tickcast.transports import stream
-from tickcast.transports.heartbeats import Heartbeats
+from tickcast.transports.heartbeats import Beat, Heartbeats
 from tickcast.transports.params import StreamParams
 from tickcast.wire import CloseCode
 
@@ -146,18 +146,17 @@ class AsgiSession:
     def greeted(self) -> None:
         self._beats.add(self)
 
-    def beat(self, payload: bytes, frames: dict[int, bytes]) -> bool:
-        """Queue heartbeat ``payload`` behind the waiting ticks; False once ended.
+    def beat(self, beat: Beat) -> bool:
+        """Queue ``beat``'s message behind the waiting ticks; False once ended.
 
-        ``frames`` (the raw transport's cache of framed beats) is not used here:
-        Hypercorn frames and compresses each send itself.
+        The message, not a frame: Hypercorn frames and compresses each send itself.
         """
         if not self.protocol.is_open:
             return False
         if self.protocol.live:
             # a full queue is full of ticks: not a silent connection
             with contextlib.suppress(trio.WouldBlock):
-                self._send.send_nowait(payload)
+                self._send.send_nowait(beat.payload)
         return True
 
     async def live_phase(self) -> None:

@@ -52,7 +52,7 @@ from tickcast.service import Service
 from tickcast.tick import EncodedTick, Fields
 from tickcast.transports import stream
 from tickcast.transports.frames import close_frame, message_frame, tick_frame
-from tickcast.transports.heartbeats import Heartbeats
+from tickcast.transports.heartbeats import Beat, Heartbeats
 from tickcast.transports.params import StreamParams
 from tickcast.transports.stream import PeerGone
 from tickcast.wire import CloseCode
@@ -382,15 +382,12 @@ class RawSession:
     def greeted(self) -> None:
         self._beats.add(self)
 
-    def beat(self, payload: bytes, frames: dict[int, bytes]) -> bool:
-        """Queue heartbeat ``payload`` like any other write; False once the stream ended."""
+    def beat(self, beat: Beat) -> bool:
+        """Queue ``beat``'s shared frame like any other write; False once the stream ended."""
         if not self.protocol.is_open:
             return False
-        frame = frames.get(self.wbits)
-        if frame is None:
-            frame = frames[self.wbits] = message_frame(payload, self.wbits)
-        self._write(frame)
-        self.count(len(payload))
+        self._write(beat.frame(self.wbits))
+        self.count(len(beat.payload))
         return True
 
     # -- the hub's side ---------------------------------------------------------------
