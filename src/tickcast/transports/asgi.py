@@ -75,9 +75,11 @@ class AsgiSession:
         self._beats = beats
 
     # -- the hub's view: the protocol's position -----------------------------------------
+    # The hub reads and writes these as a Subscriber's; they live in the protocol.
 
     @property
     def next_t(self) -> int:
+        """The next tick not yet given to this client (the protocol's)."""
         return self.protocol.next_t
 
     @next_t.setter
@@ -123,16 +125,19 @@ class AsgiSession:
     # -- sending ------------------------------------------------------------------------
 
     async def send_message(self, payload: bytes) -> None:
+        """Send one JSON message as text; waits as long as Hypercorn's send does."""
         await websocket.send(payload.decode())
         self._traffic.sent(len(payload))
 
     async def send_ticks(self, ticks: Sequence[EncodedTick]) -> None:
+        """Send ``ticks`` as the protocol groups them; ``sent_t`` moves after each send."""
         protocol = self.protocol
         for group in protocol.messages(ticks):
             await self.send_message(protocol.payload(group))
             protocol.sent_t = group[-1].t
 
     def deliver(self, tick: EncodedTick) -> bool:
+        """The hub's: queue ``tick`` in the channel; False when it is full (fell behind)."""
         try:
             self._send.send_nowait(tick)
         except trio.WouldBlock:
@@ -141,9 +146,11 @@ class AsgiSession:
         return True
 
     def fell_behind(self) -> None:
+        """The hub's: the channel was full; the task catches up once it has drained it."""
         self.protocol.fell_behind()
 
     def greeted(self) -> None:
+        """The hello is out: heartbeats start (the first one ``heartbeat_s`` from now)."""
         self._beats.add(self)
 
     def beat(self, beat: Beat) -> bool:
@@ -160,6 +167,11 @@ class AsgiSession:
         return True
 
     async def live_phase(self) -> None:
+        """Drain the channel into sends, up to ``batch`` waiting ticks per message.
+
+        Returns once the channel is empty and the stream is no longer live (it fell
+        behind: the rest comes from history).
+        """
         while True:
             try:
                 first = self._receive.receive_nowait()

@@ -61,11 +61,15 @@ __all__ = ["RawLane", "RawSession"]
 
 log = logging.getLogger("tickcast.ws")
 
-LIVE_BACKLOG = 256 * 1024  # outbox bytes beyond which a live client falls back to catch-up
-CATCH_UP_HIGH_WATER = 128 * 1024  # catch-up waits until the outbox is below this (< LIVE_BACKLOG)
-SHUTDOWN_GRACE = 2.0  # seconds: the close grace at shutdown (SPEC: exit within 5 s)
-RECV_BYTES = 65536
-UNANSWERED_INPUT = 64 * 1024  # bytes of client messages kept unanswered while the outbox is full
+# Backpressure (bytes). A live client's outbox may grow to LIVE_BACKLOG before it
+# falls back to catching up; a catch-up writes until the outbox passes the high-water
+# mark, then waits for it to drain below it. The gap keeps a client that just caught
+# up from falling straight back.
+LIVE_BACKLOG = 256 * 1024
+CATCH_UP_HIGH_WATER = 128 * 1024
+UNANSWERED_INPUT = 64 * 1024  # client messages held unanswered while the outbox is full
+RECV_BYTES = 65536  # one read from the socket at most
+SHUTDOWN_GRACE = 2.0  # seconds: the close grace at shutdown (the process exits within 5 s)
 
 
 class RawLane:
@@ -88,18 +92,22 @@ class RawLane:
         self._members: dict[socket.socket, RawSession] = {}
 
     def __len__(self) -> int:
+        """How many sessions the lane serves."""
         return len(self._members)
 
     t: int = -1  # the last tick every member has been given (the hub advances it)
 
     def members(self) -> Iterable[Subscriber]:
+        """The member sessions, in joining order."""
         return self._members.values()
 
     def add(self, sub: Subscriber) -> None:
+        """Take a raw session in (only the hub calls it: :meth:`Hub.join`)."""
         assert isinstance(sub, RawSession)
         self._members[sub.sock] = sub
 
     def remove(self, sub: Subscriber, next_t: int) -> None:
+        """Let a session go with its exact position (only the hub: :meth:`Hub.leave`)."""
         assert isinstance(sub, RawSession)
         del self._members[sub.sock]
         protocol = sub.protocol
@@ -107,6 +115,12 @@ class RawLane:
         protocol.sent_t = next_t - 1
 
     def publish(self, tick: EncodedTick) -> None:
+        """Send ``tick``'s cached frame to every member; the short ones leave after.
+
+        The hot path: one ``send`` per member and nothing else. A member that took
+        part of the frame leaves with the rest in its outbox (``next_t`` past the
+        tick); one that took nothing leaves with ``next_t`` at it, or broken.
+        """
         frame = tick_frame(tick, self.fields, self.wbits)
         n = len(frame)
         members = self._members
@@ -187,9 +201,12 @@ class RawSession:
         self._beats = beats
 
     # -- the hub's view: the protocol's position -----------------------------------------
+    # The hub (and the lane) read and write these as a Subscriber's; they live in the
+    # protocol, so the state and the position are in one place.
 
     @property
     def next_t(self) -> int:
+        """The next tick not yet given to this client (the protocol's)."""
         return self.protocol.next_t
 
     @next_t.setter
@@ -198,6 +215,7 @@ class RawSession:
 
     @property
     def sent_t(self) -> int:
+        """The last tick whose frame entered the outbox or the socket (the protocol's)."""
         return self.protocol.sent_t
 
     @property
@@ -294,6 +312,7 @@ class RawSession:
         self._wake.set()
 
     def _break(self, exc: BaseException) -> None:
+        """The socket failed: forget the outbox, wake every waiter (they raise PeerGone)."""
         if self.lane is not None:
             self.service.hub.leave(self)
         self._broken = exc
@@ -303,6 +322,7 @@ class RawSession:
         self._has_room()
 
     def _has_room(self) -> None:
+        """The outbox is at or under the high-water mark: wake the reader's waits."""
         self._room.set()
         if self._reading is not None:
             self._reading.cancel()
@@ -315,6 +335,7 @@ class RawSession:
         hub.join(self, lane)
 
     def _send_pending(self) -> None:
+        """Give the kernel what it takes of the outbox now (one ``sendmsg``, no wait)."""
         out = self._out
         try:
             n = self.sock.sendmsg(list(out)[:64])
@@ -354,6 +375,7 @@ class RawSession:
         self._traffic.sent(nbytes)
 
     async def send_message(self, payload: bytes) -> None:
+        """Write one JSON message, then wait while the outbox is over the high-water mark."""
         self._write(message_frame(payload, self.wbits))
         self.count(len(payload))
         await self._flush(self._high_water)
@@ -380,6 +402,7 @@ class RawSession:
     # -- heartbeats (one timer for every session: heartbeats.py) -----------------------
 
     def greeted(self) -> None:
+        """The hello is out: heartbeats start (the first one ``heartbeat_s`` from now)."""
         self._beats.add(self)
 
     def beat(self, beat: Beat) -> bool:
@@ -407,10 +430,18 @@ class RawSession:
         return True
 
     def fell_behind(self) -> None:
+        """The hub's: a tick was refused, so the session task returns to catching up."""
         self.protocol.fell_behind()
         self._wake.set()
 
     async def live_phase(self) -> None:
+        """Flush the outbox while the hub delivers; rejoin the lane whenever it is empty.
+
+        Returns when the stream fell behind (the protocol is no longer live).
+
+        Raises:
+            PeerGone: the socket broke.
+        """
         while True:
             if self._out:
                 await self._flush()
@@ -493,6 +524,7 @@ class RawSession:
                     raise PeerGone(f"client closed ({event.code})", end=End.CLIENT_CLOSED)
 
     def _answer(self, message: bytes) -> None:
+        """Write the protocol's reply to one whole client message."""
         reply = self.protocol.reply(message)
         self._write(message_frame(reply, self.wbits))
         self.count(len(reply))
