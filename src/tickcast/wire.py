@@ -27,6 +27,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 __all__ = [
+    "MAX_BATCH",
     "MAX_CLIENT_MESSAGE",
     "PAGE_LIMIT",
     "CloseCode",
@@ -45,6 +46,9 @@ PAGE_LIMIT = 10_000
 
 MAX_CLIENT_MESSAGE = 64 * 1024
 """Bytes in one client message at most: a larger one closes the stream with 1009."""
+
+MAX_BATCH = 1000
+"""Ticks in one ``batch`` message at most: ``?batch=`` is ``1..MAX_BATCH``."""
 
 
 class MessageType(enum.StrEnum):

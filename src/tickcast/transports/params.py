@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tickcast.tick import Fields, parse_fields
+from tickcast.wire import MAX_BATCH
 
 __all__ = [
     "MAX_BATCH",
@@ -24,7 +25,6 @@ __all__ = [
     "ts_param",
 ]
 
-MAX_BATCH = 1000  # ticks per batch message, at most
 
 _DIGITS = re.compile(r"-?[0-9]+\Z")
 _DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")

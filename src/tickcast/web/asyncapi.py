@@ -18,9 +18,8 @@ import msgspec
 
 from tickcast import __version__
 from tickcast.protocol import End
-from tickcast.transports.params import MAX_BATCH
 from tickcast.web import schemas
-from tickcast.wire import MAX_CLIENT_MESSAGE, CloseCode, MessageType
+from tickcast.wire import MAX_BATCH, MAX_CLIENT_MESSAGE, CloseCode, MessageType
 
 __all__ = ["CLOSE_CODES", "SERVER_MESSAGES", "document"]
 

@@ -18,8 +18,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from tickcast.tick import OPTIONAL_KEYS
-from tickcast.transports.params import MAX_BATCH
-from tickcast.wire import Error, Heartbeat, Hello, Ping, Pong
+from tickcast.wire import MAX_BATCH, Error, Heartbeat, Hello, Ping, Pong
 
 __all__ = [
     "FIELDS_PATTERN",
