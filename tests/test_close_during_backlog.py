@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 from websockets.frames import Close
 from websockets.sync.client import connect
-from wsproto.events import CloseConnection, TextMessage
+from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 
 from conftest import Running, Transport, make_config, running
 from tickcast.transports.raw import CATCH_UP_HIGH_WATER, RawSession
@@ -108,5 +108,46 @@ async def test_a_close_is_read_whatever_the_outbox_holds(
                             closes.append(event)
             assert [c.code for c in closes] == [1000]
             assert ts == list(range(ts[0], ts[0] + len(ts))) if ts else True
+        finally:
+            client.aclose()
+
+
+async def test_a_ping_is_answered_ahead_of_the_backlog(
+    tmp_path: Path, transport: Transport
+) -> None:
+    config = make_config(tmp_path, rate=400.0, agents=300, ring_size=3000, max_lag=100_000)
+    async with running(config, transport) as srv:
+        await srv.wait_for_t(400)
+        client = await RawClient.connect(srv.port, "/ws/stream?from_t=0", rcvbuf=4096)
+        queued: int | None = None
+        try:
+            if transport == "raw":
+                await each_tick_until(srv, lambda: backlog(srv))  # and we read nothing
+                (session,) = [s for s in srv.service.hub.subscribers() if isinstance(s, RawSession)]
+                queued = session.sent_t  # the last tick waiting in its outbox
+            await client.sock.send(client.ws.send(Ping(b"p1")))
+            ts: list[int] = []
+            parts: list[str] = []
+            pong: Pong | None = None
+            with trio.fail_after(CLOSE_TIMEOUT_S):
+                while pong is None:
+                    data = await client.sock.recv(1 << 20)
+                    assert data, "closed before the pong"
+                    client.ws.receive_data(data)
+                    for event in client.ws.events():
+                        if isinstance(event, Pong):
+                            pong = event
+                            break
+                        if isinstance(event, TextMessage):
+                            parts.append(event.data)
+                            if event.message_finished:
+                                text = "".join(parts)
+                                parts.clear()
+                                if text.startswith('{"type":"tick"'):
+                                    ts.append(int(text.split('"t":')[1].split(",")[0]))
+            assert pong.payload == b"p1"
+            if queued is not None:
+                # The pong went right after the frame being sent, not behind the outbox.
+                assert ts and ts[-1] < queued, (ts[-1:], queued)
         finally:
             client.aclose()
