@@ -281,11 +281,9 @@ class RawSession:
         """
         if self._broken is not None:
             return
-        if not self._out:
+        if not self._out:  # (then it may be in a lane: _write leaves it if need be)
             self._write(data)
             return
-        if self.lane is not None:
-            self.service.hub.leave(self)
         self._out.insert(1 if self._head_started else 0, memoryview(data))
         self._out_bytes += len(data)
         self._wake.set()
@@ -318,6 +316,7 @@ class RawSession:
         self._broken = exc
         self._out.clear()
         self._out_bytes = 0
+        self._head_started = False
         self._wake.set()
         self._has_room()
 
