@@ -164,7 +164,12 @@ class Run:
                 wbits=0,
                 **_beats(self.service),
             )
-            session.live = True
+            protocol = getattr(session, "protocol", None)
+            if protocol is not None:  # a StreamProtocol: greeted, caught up, so LIVE
+                protocol.greeted()
+                protocol.catch_up_from(None)
+            else:  # a source from before tickcast.protocol (--baseline)
+                session.live = True
             self.service.hub.add(session)
             self.sessions.append(session)
         self.short = 0

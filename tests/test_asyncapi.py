@@ -21,8 +21,8 @@ import trio
 
 from conftest import Running, make_config, recv_json, running
 from conftest import ws_connect as open_websocket_url
-from tickcast.transports.session import CloseCode
 from tickcast.web import asyncapi
+from tickcast.wire import CloseCode
 
 # Where the Makefile puts it (ASYNCAPI_SCHEMA), in the venv running the suite.
 SCHEMA_FILE = Path(sys.prefix) / "share" / "asyncapi" / "3.0.0.json"

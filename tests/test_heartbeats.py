@@ -16,7 +16,7 @@ import weakref
 import trio
 import trio.testing
 
-from tickcast.transports.heartbeats import Heartbeats
+from tickcast.transports.heartbeats import Beat, Heartbeats
 
 
 class Session:
@@ -25,13 +25,13 @@ class Session:
         self.added_at = 0.0
         self.beats: list[tuple[float, bytes]] = []
         self.ended = False
+        self.shared: list[Beat] = []
 
-    def beat(self, payload: bytes, frames: dict[int, bytes]) -> bool:
+    def beat(self, beat: Beat) -> bool:
         if self.ended:
             return False
-        frame = frames.setdefault(0, b"frame:" + payload)
-        assert frame == b"frame:" + payload  # one frame per window and wake-up, shared
-        self.beats.append((trio.current_time(), payload))
+        self.beats.append((trio.current_time(), beat.payload))
+        self.shared.append(beat)
         return True
 
 
@@ -84,6 +84,20 @@ def test_gaps_are_at_most_one_period_and_early_by_less_than_slack() -> None:
         for at, payload in session.beats:
             by_time.setdefault(at, set()).add(payload)
     assert all(len(payloads) == 1 for payloads in by_time.values())
+    # ... as one shared Beat (whose frame is then built once per window).
+    shared: dict[float, set[int]] = {}
+    for _, session in sessions:
+        for (at, _), beat in zip(session.beats, session.shared, strict=True):
+            shared.setdefault(at, set()).add(id(beat))
+    assert all(len(ids) == 1 for ids in shared.values())
+
+
+def test_a_beat_frames_its_message_once_per_window() -> None:
+    beat = Beat(b'{"type":"heartbeat","latest_t":1,"ts":2.0}')
+    plain, deflated = beat.frame(0), beat.frame(15)
+    assert plain.endswith(beat.payload) and plain[0] == 0x81
+    assert deflated[0] == 0xC1  # FIN, RSV1 (compressed), text
+    assert beat.frame(0) is plain and beat.frame(15) is deflated
 
 
 def test_a_short_period_has_a_proportional_slack() -> None:

@@ -29,10 +29,10 @@ from wsproto.events import (
 
 from tickcast.config import Config
 from tickcast.producer import Producer
+from tickcast.protocol import heartbeat_message
 from tickcast.transports.heartbeats import Heartbeats
 from tickcast.transports.params import StreamParams
 from tickcast.transports.raw import RawSession
-from tickcast.transports.session import heartbeat_message
 
 PAD = "x" * 3000  # ~3 KB ticks, so a few dozen fill the small buffers
 

@@ -7,8 +7,8 @@ import time
 import orjson
 import pytest
 
+from tickcast.protocol import StreamProtocol
 from tickcast.transports.params import BadParam, StreamParams, parse_stream_params, start_t
-from tickcast.transports.session import client_reply
 
 # -- parse_stream_params --------------------------------------------------------------
 
@@ -87,6 +87,10 @@ def test_bad_param_is_a_value_error() -> None:
 
 def test_unknown_params_are_ignored() -> None:
     assert parse_stream_params({"token": "abc"}) == StreamParams()
+
+
+def client_reply(data: bytes | str) -> bytes:
+    return StreamProtocol(from_t=None, lag_limit=10).reply(data)
 
 
 # -- client_reply ---------------------------------------------------------------------

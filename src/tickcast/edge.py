@@ -40,12 +40,12 @@ from tickcast.scaleout import Follower
 from tickcast.service import Service
 from tickcast.storage.mirror import MirrorHistory
 from tickcast.tick import EncodedTick
+from tickcast.wire import PAGE_LIMIT
 
 __all__ = ["Edge", "ProducerHistory"]
 
 log = logging.getLogger("tickcast.edge")
 
-PAGE = 10_000  # ticks per /incremental request (the producer's cap)
 HEALTH_EVERY_S = 5.0  # how often the producer's oldest_t and epoch are re-read
 HTTP_TIMEOUT_S = 10.0
 UNPROTECTED_EDGE = (
@@ -115,7 +115,8 @@ class ProducerHistory:
             return []
         try:
             resp = await self._client.get(
-                f"{self._base}/incremental", params={"from_t": from_t, "limit": min(limit, PAGE)}
+                f"{self._base}/incremental",
+                params={"from_t": from_t, "limit": min(limit, PAGE_LIMIT)},
             )
             self._check_access(resp)
             resp.raise_for_status()

@@ -6,7 +6,6 @@
     ├── ConfigError            a setting is unknown or has a bad value (names it)
     ├── StoreError             the segment store refused an operation
     │   └── CorruptRecordError a record failed its checksum / framing check
-    ├── ProtocolError          a client broke the stream protocol (carries a close code)
     └── ClientError            tickcast.client cannot go on (raised to the client's caller)
         ├── RefusedError       the server refused a request for good (HTTP 400, 401, 404...)
         ├── StreamClosedError  the server closed the stream with a code a retry cannot fix
@@ -31,7 +30,6 @@ __all__ = [
     "EpochChangedError",
     "GapError",
     "NoProgressError",
-    "ProtocolError",
     "RefusedError",
     "StoreError",
     "StreamClosedError",
@@ -48,18 +46,6 @@ class TickcastError(Exception):
 
 class ConfigError(TickcastError):
     """A setting is unknown or has a bad value; the message names the setting."""
-
-
-class ProtocolError(TickcastError):
-    """A WebSocket client broke the protocol.
-
-    Attributes:
-        code: the WebSocket close code to send (e.g. 1009 for a message too big).
-    """
-
-    def __init__(self, detail: str, *, code: int) -> None:
-        super().__init__(detail)
-        self.code = code
 
 
 class StoreError(TickcastError):

@@ -41,6 +41,7 @@ from ..errors import (
     StreamClosedError,
     TruncatedError,
 )
+from ..wire import CloseCode
 from .settings import OnGap
 
 __all__ = ["MAX_STALLS", "Backoff", "Cursor", "Next", "Tick", "silence_limit_s"]
@@ -49,8 +50,6 @@ log = logging.getLogger("tickcast.client")
 
 Tick = dict[str, Any]
 
-CLOSE_SLOW = 4008  # slow consumer; resume with from_t=N
-CLOSE_EPOCH = 4009  # epoch changed (SPEC §7)
 # Close codes a reconnect cannot fix: the same request would fail the same way.
 FATAL_CLOSES = frozenset({1002, 1003, 1007, 1009, 1010, 1011})
 # HTTP statuses worth retrying: the server is busy or on its way back.
@@ -223,7 +222,7 @@ class Cursor:
         Raises:
             StreamClosedError: a code that reconnecting cannot fix (see ``FATAL_CLOSES``).
         """
-        if code == CLOSE_SLOW:
+        if code == CloseCode.SLOW_CONSUMER:
             match = _RESUME_T.search(reason)
             named = int(match.group(1)) if match else None
             if self.next_t is None:
@@ -238,7 +237,7 @@ class Cursor:
             else:
                 self.stalled(f"closed 4008 ({reason})")
             return Next.NOW
-        if code == CLOSE_EPOCH:
+        if code == CloseCode.EPOCH_CHANGED:
             # The hello of the next connection carries the new epoch: hello() decides.
             log.info("closed 4009 (%s); reconnecting to learn the new epoch", reason)
             return Next.NOW

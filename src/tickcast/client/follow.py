@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator
 import anyio
 import httpx
 
+from ..wire import PAGE_LIMIT
 from .cursor import Backoff, Cursor, Next, Tick, silence_limit_s
 from .settings import Settings
 from .websocket import Closed, Rejected, WebSocket, connect
@@ -31,7 +32,6 @@ __all__ = ["CONNECT_TIMEOUT_S", "PAGE_LIMIT", "follow", "history_pages"]
 log = logging.getLogger("tickcast.client")
 
 CONNECT_TIMEOUT_S = 10.0  # TCP connect + upgrade + hello
-PAGE_LIMIT = 10_000  # /incremental's cap (SPEC §4)
 HTTP_TIMEOUT_S = 30.0
 
 

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from ..wire import MAX_BATCH
+
 __all__ = ["MAX_BATCH", "Endpoint", "OnGap", "Settings"]
 
 OnGap = Literal["raise", "continue"]
-MAX_BATCH = 1000  # the stream's batch is 1..1000 (docs/protocol.md)
 
 _TLS = {"http": False, "ws": False, "https": True, "wss": True}
 

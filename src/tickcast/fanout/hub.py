@@ -8,7 +8,8 @@ Invariants (the slow-consumer policy, see docs/protocol.md):
   False. A subscriber that returns False stops being live; its connection later
   catches up from history at its own ``next_t`` and rejoins.
 * A subscriber that is not live and lags by more than ``lag_limit`` ticks beyond its
-  ``allowance`` (``published t - next_t + 1 > lag_limit + allowance``) is evicted: its
+  ``allowance`` (``protocol.too_far_behind``, the one written form of the rule:
+  ``published t - next_t + 1 > lag_limit + allowance``) is evicted: its
   connection closes with 4008 and the reason names the ``from_t`` to resume with. The
   allowance is 0 for a client that has been live; a client replaying from an old
   ``from_t`` gets the smallest lag it has had so far, so a resume is never refused for
@@ -35,8 +36,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from tickcast.protocol import too_far_behind
 from tickcast.tick import EncodedTick
 
 __all__ = ["Hub", "HubStatistics", "Lane", "Subscriber"]
@@ -52,8 +54,12 @@ class HubStatistics:
     slow_closes: int  # subscribers closed with 4008 (by the hub or by their session)
 
 
-class Subscriber:
-    """One connection's place in the fan-out. Transports subclass it.
+class Subscriber(Protocol):
+    """One connection's place in the fan-out, as the hub sees it (a stream session).
+
+    A structural interface: a transport's session provides it by holding a
+    ``protocol.StreamProtocol`` (whose ``next_t``, ``live``, ``allowance`` and
+    ``lane`` these are), not by subclassing anything.
 
     Attributes:
         next_t: the next ``t`` this client has not yet been given (while in a lane,
@@ -63,31 +69,34 @@ class Subscriber:
         lane: the lane it is a member of, if any (only the hub sets it).
     """
 
-    next_t: int = 0
-    live: bool = False
-    allowance: int = 0
-    lane: Lane | None = None
+    next_t: int
+    allowance: int
+    lane: Lane | None
+
+    @property
+    def live(self) -> bool: ...
 
     def deliver(self, tick: EncodedTick) -> bool:
         """Take ``tick`` (``tick.t == next_t``) without blocking; False when full."""
-        raise NotImplementedError
+        ...
 
     def fell_behind(self) -> None:
-        """Called once when :meth:`deliver` returned False (the subscriber is no longer live)."""
+        """:meth:`deliver` returned False: stop being live (catch up from history)."""
+        ...
 
     def evict(self) -> None:
         """Close the connection as a slow consumer (4008). Must not block."""
-        raise NotImplementedError
+        ...
 
     def reset(self) -> None:
         """Close the connection because the history was reset (4009). Must not block."""
-        raise NotImplementedError
+        ...
 
 
-class Lane:
+class Lane(Protocol):
     """Live subscribers that take each tick the same way, served in one loop.
 
-    A transport subclasses it (its fast path); the hub keeps one per key and calls
+    A transport provides it (its fast path); the hub keeps one per key and calls
     :meth:`publish` once per tick. The hub moves subscribers in (:meth:`Hub.join`) and
     out (:meth:`Hub.leave`, :meth:`Hub.discard`) through :meth:`add` and :meth:`remove`.
 
@@ -96,21 +105,21 @@ class Lane:
             :meth:`publish`); a member's ``next_t`` is ``t + 1``.
     """
 
-    t: int = -1
+    t: int
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    def __len__(self) -> int: ...
 
     def members(self) -> Iterable[Subscriber]:
-        raise NotImplementedError
+        """Every member (in any order)."""
+        ...
 
     def add(self, sub: Subscriber) -> None:
         """Take ``sub`` in (its ``next_t`` is ``t + 1``)."""
-        raise NotImplementedError
+        ...
 
     def remove(self, sub: Subscriber, next_t: int) -> None:
         """Let ``sub`` go; write back its position: ``sub.next_t = next_t``."""
-        raise NotImplementedError
+        ...
 
     def publish(self, tick: EncodedTick) -> None:
         """Give ``tick`` (``t + 1``) to every member, without blocking.
@@ -119,7 +128,7 @@ class Lane:
         (after the loop over members, not during it), with ``next_t=tick.t + 1`` if
         it took the tick (some bytes queued) or ``tick.t`` if not.
         """
-        raise NotImplementedError
+        ...
 
 
 L = TypeVar("L", bound=Lane)
@@ -242,10 +251,9 @@ class Hub:
                     continue
                 if sub.deliver(tick):
                     continue
-                sub.live = False
                 self._fell_behind += 1
                 sub.fell_behind()
-            elif t - sub.next_t + 1 > limit + sub.allowance:
+            elif too_far_behind(t, sub.next_t, limit, sub.allowance):
                 self._slow_closes += 1
                 self.discard(sub)
                 sub.evict()

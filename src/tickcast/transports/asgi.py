@@ -1,5 +1,9 @@
 """``/ws/stream`` over Quart's websocket object: the transport under a stock ASGI server.
 
+An :class:`AsgiSession` holds a sans-I/O ``protocol.StreamProtocol`` (the
+decisions) and ``transports/stream.serve`` drives it, exactly as for the raw
+transport; this module only moves messages between the hub, a channel and Quart.
+
 Under ``hypercorn ... tickcast.asgi:app`` the stream is an ordinary Quart websocket
 route. Each connection has a bounded trio memory channel (``ASGI_QUEUE`` ticks) that
 the hub fills with ``send_nowait``; the connection's task drains it, grouping up to
@@ -13,76 +17,166 @@ with a full channel, a beat is skipped: ticks are on their way.
 
 What differs from the raw transport (docs/protocol.md, "The ASGI transport"):
 Hypercorn builds the frames and compresses per connection, and shields its sends,
-so a close to a client that does not read is bounded by TCP, not by us.
+so a close to a client that does not read is bounded by TCP, not by us. It also
+reads and answers pings and a client's close itself, whatever is waiting to be
+sent, and then cancels this session's task: no tick is sent after the close.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import trio
 from quart import websocket
 
+from tickcast.fanout.hub import Lane
+from tickcast.protocol import End, StreamProtocol
 from tickcast.service import Service
 from tickcast.tick import EncodedTick
-from tickcast.transports.heartbeats import Heartbeats
+from tickcast.transports import stream
+from tickcast.transports.heartbeats import Beat, Heartbeats
 from tickcast.transports.params import StreamParams
-from tickcast.transports.session import (
-    MAX_CLIENT_MESSAGE,
-    CloseCode,
-    PeerGone,
-    StreamSession,
-    client_reply,
-    too_big,
-)
+from tickcast.wire import CloseCode
 
 __all__ = ["ASGI_QUEUE", "AsgiSession"]
 
 ASGI_QUEUE = 64  # ticks buffered per ASGI connection before it falls back to catch-up
 
 
-class AsgiSession(StreamSession):
-    """A stream session over Quart's websocket object (memory channel per client)."""
+class AsgiSession:
+    """One ``/ws/stream`` client over Quart's websocket object: its protocol, and a channel.
+
+    Holds a :class:`~tickcast.protocol.StreamProtocol` (the decisions) and does the
+    I/O: a bounded memory channel the hub fills with ``send_nowait``, drained into
+    ``websocket.send``. :func:`stream.serve` drives it. It is also the hub's
+    subscriber: ``next_t``, ``live``, ``allowance`` and ``lane`` are its protocol's
+    (it never joins a lane: Hypercorn frames each send itself).
+    """
 
     def __init__(
         self, service: Service, params: StreamParams, *, ip: str, beats: Heartbeats
     ) -> None:
-        super().__init__(service, params, ip=ip)
+        self.service = service
+        self.params = params
+        self.ip = ip
+        self.protocol = StreamProtocol(
+            from_t=params.from_t,
+            from_ts=params.from_ts,
+            fields=params.fields,
+            batch=params.batch,
+            lag_limit=service.config.lag_limit,
+        )
+        self.scope = trio.CancelScope()
+        self.closed = trio.Event()  # set once the protocol is CLOSED
+        self._traffic = service.traffic
         # ticks, and heartbeat payloads (bytes) queued behind them
         self._send, self._receive = trio.open_memory_channel[EncodedTick | bytes](ASGI_QUEUE)
         self._beats = beats
 
+    # -- the hub's view: the protocol's position -----------------------------------------
+    # The hub reads and writes these as a Subscriber's; they live in the protocol.
+
+    @property
+    def next_t(self) -> int:
+        """The next tick not yet given to this client (the protocol's)."""
+        return self.protocol.next_t
+
+    @next_t.setter
+    def next_t(self, value: int) -> None:
+        self.protocol.next_t = value
+
+    @property
+    def allowance(self) -> int:
+        return self.protocol.allowance
+
+    @allowance.setter
+    def allowance(self, value: int) -> None:
+        self.protocol.allowance = value
+
+    @property
+    def live(self) -> bool:
+        return self.protocol.live
+
+    @property
+    def lane(self) -> Lane | None:
+        return self.protocol.lane  # type: ignore[return-value]  # always None: never joins
+
+    @lane.setter
+    def lane(self, lane: Lane | None) -> None:
+        self.protocol.lane = lane
+
+    def evict(self) -> None:
+        """The hub's 4008 (it has already left the hub and been counted)."""
+        stream.terminate(self, End.SLOW_CONSUMER)
+
+    def reset(self) -> None:
+        """The hub's 4009: the history was reset (a scale-out edge saw a new epoch)."""
+        stream.terminate(self, End.EPOCH_CHANGED)
+
+    def release(self) -> None:
+        """Give the slot back without serving (the upgrade failed)."""
+        stream.release(self)
+
+    async def serve(self) -> None:
+        """Serve the stream until it ends, then close (see :func:`stream.serve`)."""
+        await stream.serve(self)
+
+    # -- sending ------------------------------------------------------------------------
+
     async def send_message(self, payload: bytes) -> None:
+        """Send one JSON message as text; waits as long as Hypercorn's send does."""
         await websocket.send(payload.decode())
-        self.count(len(payload))
+        self._traffic.sent(len(payload))
+
+    async def send_ticks(self, ticks: Sequence[EncodedTick]) -> None:
+        """Send ``ticks`` as the protocol groups them; ``sent_t`` moves after each send."""
+        protocol = self.protocol
+        for group in protocol.messages(ticks):
+            await self.send_message(protocol.payload(group))
+            protocol.sent_t = group[-1].t
 
     def deliver(self, tick: EncodedTick) -> bool:
+        """The hub's: queue ``tick`` in the channel; False when it is full (fell behind)."""
         try:
             self._send.send_nowait(tick)
         except trio.WouldBlock:
             return False
-        self.next_t = tick.t + 1
+        self.protocol.next_t = tick.t + 1
         return True
 
+    def fell_behind(self) -> None:
+        """The hub's: the channel was full; the task catches up once it has drained it."""
+        self.protocol.fell_behind()
+
     def greeted(self) -> None:
+        """The hello is out: heartbeats start (the first one ``heartbeat_s`` from now)."""
         self._beats.add(self)
 
-    def beat(self, payload: bytes, frames: dict[int, bytes]) -> bool:
-        """Queue heartbeat ``payload`` behind the waiting ticks; False once ended."""
-        if self.end is not None:
+    def beat(self, beat: Beat) -> bool:
+        """Queue ``beat``'s message behind the waiting ticks; False once ended.
+
+        The message, not a frame: Hypercorn frames and compresses each send itself.
+        """
+        if not self.protocol.is_open:
             return False
-        if self.live:
+        if self.protocol.live:
             # a full queue is full of ticks: not a silent connection
             with contextlib.suppress(trio.WouldBlock):
-                self._send.send_nowait(payload)
+                self._send.send_nowait(beat.payload)
         return True
 
     async def live_phase(self) -> None:
+        """Drain the channel into sends, up to ``batch`` waiting ticks per message.
+
+        Returns once the channel is empty and the stream is no longer live (it fell
+        behind: the rest comes from history).
+        """
         while True:
             try:
                 first = self._receive.receive_nowait()
             except trio.WouldBlock:
-                if not self.live:
+                if not self.protocol.live:
                     return
                 first = await self._receive.receive()
             if isinstance(first, bytes):
@@ -103,19 +197,32 @@ class AsgiSession(StreamSession):
             if beat is not None:
                 await self.send_message(beat)
 
+    # -- reading ----------------------------------------------------------------------
+
     async def read_messages(self) -> None:
+        """Answer each client message; Hypercorn answers pings and closes itself.
+
+        Raises:
+            StreamEnded: a message over ``MAX_CLIENT_MESSAGE`` bytes (close 1009).
+        """
+        protocol = self.protocol
         while True:
             data: str | bytes | None = await websocket.receive()
             if data is None:  # Quart passes an empty binary message on as None
                 data = b""
-            size = len(data.encode()) if isinstance(data, str) else len(data)
-            if size > MAX_CLIENT_MESSAGE:
-                raise too_big(size)
-            await self.send_message(client_reply(data))
+            protocol.check_size(len(data.encode()) if isinstance(data, str) else len(data))
+            await self.send_message(protocol.reply(data))
 
-    async def close_connection(self, code: CloseCode, reason: str) -> None:
-        # On cancellation (the client left, or Hypercorn is shutting down) Hypercorn
-        # closes the connection itself; a close awaited here could wait on TCP.
-        if self.end is not None and not isinstance(self.end, PeerGone):
-            with trio.move_on_after(self.service.config.close_grace_s):
-                await websocket.close(code, reason)
+    # -- closing ----------------------------------------------------------------------
+
+    async def close_connection(self, code: CloseCode | None, reason: str) -> None:
+        """Send the close with its reason, bounded by ``close_grace_s``.
+
+        Not at shutdown nor when the client left (``End.SHUTDOWN`` is also how a
+        cancellation from Hypercorn ends): Hypercorn then closes the connection
+        itself, and a close awaited here could wait on TCP.
+        """
+        if code is None or self.protocol.end is End.SHUTDOWN:
+            return
+        with trio.move_on_after(self.service.config.close_grace_s):
+            await websocket.close(code, reason)

@@ -16,7 +16,6 @@ import zlib
 from tickcast.tick import EncodedTick, Fields
 
 __all__ = [
-    "OP_BINARY",
     "OP_CLOSE",
     "OP_TEXT",
     "close_frame",
@@ -27,7 +26,6 @@ __all__ = [
 ]
 
 OP_TEXT = 0x1
-OP_BINARY = 0x2
 OP_CLOSE = 0x8
 
 _TAIL = b"\x00\x00\xff\xff"

@@ -11,7 +11,7 @@ task serves it:
   ``now + slack``: a beat is early by less than ``slack``, never late, and sessions
   due close together share one wake-up (at most one per ``slack`` seconds);
 * the message (``latest_t``, ``ts``) is encoded once per wake-up, and its frame once
-  per deflate window (:meth:`Beating.beat` takes the cache);
+  per deflate window (a :class:`Beat` builds each on first use);
 * a session's next beat is due ``period`` after the one it was just given, so the
   gap between two beats is more than ``period - slack`` and at most ``period`` (plus
   the lateness of the loop itself): a client that counts two silent periods as a
@@ -32,23 +32,44 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from tickcast.transports.session import heartbeat_message
+from tickcast.protocol import heartbeat_message
+from tickcast.transports.frames import message_frame
 
 if TYPE_CHECKING:
     from tickcast.service import Service
 
-__all__ = ["Beating", "Heartbeats", "service_heartbeats"]
+__all__ = ["Beat", "Beating", "Heartbeats", "service_heartbeats"]
 
 SLACK_S = 1.0  # at most this early; at most one wake-up per this long
 SLACK_SHARE = 0.1  # ... and at most this share of the period early
 
 
-class Beating(Protocol):
-    def beat(self, payload: bytes, frames: dict[int, bytes]) -> bool:
-        """Send heartbeat ``payload`` (``frames``: its frame per window, filled on use).
+class Beat:
+    """One heartbeat, shared by every session beaten in the same wake-up.
 
-        Returns False when the session has ended (it is then dropped).
-        """
+    Attributes:
+        payload: the JSON message (what a transport that frames its own sends sends).
+    """
+
+    __slots__ = ("_frames", "payload")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self._frames: dict[int, bytes] = {}
+
+    def frame(self, wbits: int) -> bytes:
+        """The message as one frame for deflate window ``wbits`` (0: none), built once."""
+        frame = self._frames.get(wbits)
+        if frame is None:
+            frame = self._frames[wbits] = message_frame(self.payload, wbits)
+        return frame
+
+
+class Beating(Protocol):
+    """A session the timer beats (both transports' sessions)."""
+
+    def beat(self, beat: Beat) -> bool:
+        """Send ``beat``; False when the session has ended (it is then dropped)."""
         ...
 
 
@@ -91,11 +112,10 @@ class Heartbeats:
         """Beat every session due before ``now + slack``."""
         due = self._due
         horizon = now + self.slack
-        payload = self._message()
-        frames: dict[int, bytes] = {}
+        beat = Beat(self._message())
         next_due = now + self.period
         while due and due[0][0] < horizon:
             _, ref = due.popleft()
             session = ref()
-            if session is not None and session.beat(payload, frames):
+            if session is not None and session.beat(beat):
                 due.append((next_due, ref))

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from tickcast.tick import Fields, parse_fields
+from tickcast.wire import MAX_BATCH
 
 __all__ = [
     "MAX_BATCH",
@@ -31,7 +32,6 @@ __all__ = [
     "ts_param",
 ]
 
-MAX_BATCH = 1000  # ticks per batch message, at most
 # The query parameters /ws/stream takes (``token``: the read token, for browsers).
 STREAM_PARAMS = frozenset({"from_t", "from_ts", "fields", "batch", "token"})
 # The query parameters /incremental takes.

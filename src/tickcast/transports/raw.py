@@ -1,5 +1,10 @@
 """``/ws/stream`` on a raw non-blocking socket: the fast transport of ``tickcast serve``.
 
+A :class:`RawSession` holds a sans-I/O ``protocol.StreamProtocol``, which decides
+what to send and when the stream ends, and ``transports/stream.serve`` drives it;
+this module only moves bytes: the outbox, the reader, the bounded close, and the
+:class:`RawLane` fast path the hub serves live clients through.
+
 Invariants:
 
 * Outgoing frames are written by us (``frames.py``), never by wsproto, except
@@ -17,6 +22,11 @@ Invariants:
   member only while its outbox is empty: the moment anything is queued (the rest of a
   short send, a heartbeat or a reply that did not go at once) it leaves, so every
   write still goes through the outbox in order; it rejoins once the outbox is empty.
+* Control frames are read and answered whatever the outbox holds (the reader
+  never stops for a full outbox while fewer than ``UNANSWERED_INPUT`` bytes of
+  client messages wait for their answer): a pong or a close reply goes right after
+  the frame being sent, and a client's close drops every frame not yet started,
+  so the stream stops sending ticks the moment it has the close.
 * Every exit releases the connection slot first, then closes: a close frame with its
   code, a bounded flush (``config.close_grace_s``), and an abortive close (RST) if the client
   will not take the bytes — so a stalled client's socket never lingers.
@@ -37,36 +47,32 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from tickcast.fanout.hub import Hub, Lane, Subscriber
 from tickcast.fanout.traffic import Traffic
+from tickcast.protocol import End, StreamProtocol
 from tickcast.service import Service
-from tickcast.tick import EncodedTick, Fields, batch_message
+from tickcast.tick import EncodedTick, Fields
+from tickcast.transports import stream
 from tickcast.transports.frames import close_frame, message_frame, tick_frame
-from tickcast.transports.heartbeats import Heartbeats
+from tickcast.transports.heartbeats import Beat, Heartbeats
 from tickcast.transports.params import StreamParams
-from tickcast.transports.session import (
-    MAX_CLIENT_MESSAGE,
-    CloseCode,
-    PeerGone,
-    State,
-    StreamSession,
-    client_reply,
-    too_big,
-)
+from tickcast.transports.stream import PeerGone
+from tickcast.wire import CloseCode
 
 __all__ = ["RawLane", "RawSession"]
 
 log = logging.getLogger("tickcast.ws")
 
-LIVE_BACKLOG = 256 * 1024  # outbox bytes beyond which a live client falls back to catch-up
-CATCH_UP_HIGH_WATER = 128 * 1024  # catch-up waits until the outbox is below this (< LIVE_BACKLOG)
-SHUTDOWN_GRACE = 2.0  # seconds: the close grace at shutdown (SPEC: exit within 5 s)
-RECV_BYTES = 65536
+# Backpressure (bytes). A live client's outbox may grow to LIVE_BACKLOG before it
+# falls back to catching up; a catch-up writes until the outbox passes the high-water
+# mark, then waits for it to drain below it. The gap keeps a client that just caught
+# up from falling straight back.
+LIVE_BACKLOG = 256 * 1024
+CATCH_UP_HIGH_WATER = 128 * 1024
+UNANSWERED_INPUT = 64 * 1024  # client messages held unanswered while the outbox is full
+RECV_BYTES = 65536  # one read from the socket at most
+SHUTDOWN_GRACE = 2.0  # seconds: the close grace at shutdown (the process exits within 5 s)
 
 
-class ClientClosed(PeerGone):
-    """The client sent a close frame (our reply is queued)."""
-
-
-class RawLane(Lane):
+class RawLane:
     """Live raw sessions with an empty outbox on one field set and window.
 
     :meth:`publish` is the floor's loop: the tick's cached frame, then one
@@ -86,22 +92,35 @@ class RawLane(Lane):
         self._members: dict[socket.socket, RawSession] = {}
 
     def __len__(self) -> int:
+        """How many sessions the lane serves."""
         return len(self._members)
 
+    t: int = -1  # the last tick every member has been given (the hub advances it)
+
     def members(self) -> Iterable[Subscriber]:
+        """The member sessions, in joining order."""
         return self._members.values()
 
     def add(self, sub: Subscriber) -> None:
+        """Take a raw session in (only the hub calls it: :meth:`Hub.join`)."""
         assert isinstance(sub, RawSession)
         self._members[sub.sock] = sub
 
     def remove(self, sub: Subscriber, next_t: int) -> None:
+        """Let a session go with its exact position (only the hub: :meth:`Hub.leave`)."""
         assert isinstance(sub, RawSession)
         del self._members[sub.sock]
-        sub.next_t = next_t
-        sub.sent_t = next_t - 1
+        protocol = sub.protocol
+        protocol.next_t = next_t
+        protocol.sent_t = next_t - 1
 
     def publish(self, tick: EncodedTick) -> None:
+        """Send ``tick``'s cached frame to every member; the short ones leave after.
+
+        The hot path: one ``send`` per member and nothing else. A member that took
+        part of the frame leaves with the rest in its outbox (``next_t`` past the
+        tick); one that took nothing leaves with ``next_t`` at it, or broken.
+        """
         frame = tick_frame(tick, self.fields, self.wbits)
         n = len(frame)
         members = self._members
@@ -130,8 +149,15 @@ class RawLane(Lane):
         self.traffic.sent_many(taken, taken * len(tick.view(self.fields)))
 
 
-class RawSession(StreamSession):
-    """A stream session writing frames directly to a non-blocking socket."""
+class RawSession:
+    """One ``/ws/stream`` client on a non-blocking socket: its protocol, and its outbox.
+
+    Holds a :class:`~tickcast.protocol.StreamProtocol` (the decisions) and does the
+    I/O: frames into the outbox or straight to the socket, reading and answering
+    the client, and the bounded close. :func:`stream.serve` drives it. It is also
+    the hub's subscriber: ``next_t``, ``live``, ``allowance`` and ``lane`` are its
+    protocol's.
+    """
 
     def __init__(
         self,
@@ -147,7 +173,19 @@ class RawSession(StreamSession):
         live_backlog: int = LIVE_BACKLOG,
         high_water: int = CATCH_UP_HIGH_WATER,
     ) -> None:
-        super().__init__(service, params, ip=ip)
+        self.service = service
+        self.params = params
+        self.ip = ip
+        self.protocol = StreamProtocol(
+            from_t=params.from_t,
+            from_ts=params.from_ts,
+            fields=params.fields,
+            batch=params.batch,
+            lag_limit=service.config.lag_limit,
+        )
+        self.scope = trio.CancelScope()
+        self.closed = trio.Event()  # set once the protocol is CLOSED
+        self._traffic = service.traffic
         self._live_backlog = live_backlog
         self._high_water = high_water
         self.sock = sock
@@ -155,10 +193,66 @@ class RawSession(StreamSession):
         self.wbits = wbits
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
+        self._head_started = False  # the outbox's first frame is partly sent
         self._wake = trio.Event()
         self._room = trio.Event()  # set when the outbox drains to the high-water mark
+        self._reading: trio.CancelScope | None = None  # a read waiting for room too
         self._broken: BaseException | None = None  # the socket error that broke the outbox
         self._beats = beats
+
+    # -- the hub's view: the protocol's position -----------------------------------------
+    # The hub (and the lane) read and write these as a Subscriber's; they live in the
+    # protocol, so the state and the position are in one place.
+
+    @property
+    def next_t(self) -> int:
+        """The next tick not yet given to this client (the protocol's)."""
+        return self.protocol.next_t
+
+    @next_t.setter
+    def next_t(self, value: int) -> None:
+        self.protocol.next_t = value
+
+    @property
+    def sent_t(self) -> int:
+        """The last tick whose frame entered the outbox or the socket (the protocol's)."""
+        return self.protocol.sent_t
+
+    @property
+    def allowance(self) -> int:
+        return self.protocol.allowance
+
+    @allowance.setter
+    def allowance(self, value: int) -> None:
+        self.protocol.allowance = value
+
+    @property
+    def live(self) -> bool:
+        return self.protocol.live
+
+    @property
+    def lane(self) -> Lane | None:
+        return self.protocol.lane  # type: ignore[return-value]  # only the hub sets it
+
+    @lane.setter
+    def lane(self, lane: Lane | None) -> None:
+        self.protocol.lane = lane
+
+    def evict(self) -> None:
+        """The hub's 4008 (it has already left the hub and been counted)."""
+        stream.terminate(self, End.SLOW_CONSUMER)
+
+    def reset(self) -> None:
+        """The hub's 4009: the history was reset (a scale-out edge saw a new epoch)."""
+        stream.terminate(self, End.EPOCH_CHANGED)
+
+    def release(self) -> None:
+        """Give the slot back without serving (the upgrade failed)."""
+        stream.release(self)
+
+    async def serve(self) -> None:
+        """Serve the stream until it ends, then close (see :func:`stream.serve`)."""
+        await stream.serve(self)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -179,24 +273,58 @@ class RawSession(StreamSession):
         if n != len(data):
             self._queue(data, n)
 
+    def _write_control(self, data: bytes) -> None:
+        """Queue a control frame (pong, close reply) ahead of every waiting frame.
+
+        RFC 6455 §5.4 lets a control frame go between two messages: it goes right
+        after the frame being sent, so the reply does not wait behind the outbox.
+        """
+        if self._broken is not None:
+            return
+        if not self._out:  # (then it may be in a lane: _write leaves it if need be)
+            self._write(data)
+            return
+        self._out.insert(1 if self._head_started else 0, memoryview(data))
+        self._out_bytes += len(data)
+        self._wake.set()
+
+    def _drop_unsent(self) -> None:
+        """Forget every frame not yet started: the client closed, it wants no more."""
+        out = self._out
+        keep = out[0] if out and self._head_started else None
+        out.clear()
+        self._out_bytes = 0
+        if keep is not None:
+            out.append(keep)
+            self._out_bytes = len(keep)
+
     def _queue(self, data: bytes, offset: int) -> None:
         """Put ``data[offset:]`` in the outbox (it leaves the lane: the outbox is not empty)."""
         if self.lane is not None:
             self.service.hub.leave(self)
         view = memoryview(data)[offset:] if offset else memoryview(data)
+        if not self._out:
+            self._head_started = offset > 0
         self._out.append(view)
         self._out_bytes += len(view)
         self._wake.set()
 
     def _break(self, exc: BaseException) -> None:
+        """The socket failed: forget the outbox, wake every waiter (they raise PeerGone)."""
         if self.lane is not None:
             self.service.hub.leave(self)
         self._broken = exc
         self._out.clear()
         self._out_bytes = 0
-        self.live = False
+        self._head_started = False
         self._wake.set()
+        self._has_room()
+
+    def _has_room(self) -> None:
+        """The outbox is at or under the high-water mark: wake the reader's waits."""
         self._room.set()
+        if self._reading is not None:
+            self._reading.cancel()
 
     def _join_lane(self) -> None:
         """Become a member of the lane for this session's frames, if at the live edge."""
@@ -206,6 +334,7 @@ class RawSession(StreamSession):
         hub.join(self, lane)
 
     def _send_pending(self) -> None:
+        """Give the kernel what it takes of the outbox now (one ``sendmsg``, no wait)."""
         out = self._out
         try:
             n = self.sock.sendmsg(list(out)[:64])
@@ -215,16 +344,18 @@ class RawSession(StreamSession):
             self._break(exc)
             return
         self._out_bytes -= n
-        if self._out_bytes <= self._high_water:
-            self._room.set()
         while n:
             head = out[0]
             if n >= len(head):
                 n -= len(head)
                 out.popleft()
+                self._head_started = False
             else:
                 out[0] = head[n:]
+                self._head_started = True
                 n = 0
+        if self._out_bytes <= self._high_water:
+            self._has_room()
 
     async def _flush(self, low_water: int = 0) -> None:
         """Wait until at most ``low_water`` bytes are pending.
@@ -238,7 +369,12 @@ class RawSession(StreamSession):
         if self._broken is not None:
             raise PeerGone(str(self._broken))
 
+    def count(self, nbytes: int) -> None:
+        """Count one message of ``nbytes`` payload bytes sent to this client."""
+        self._traffic.sent(nbytes)
+
     async def send_message(self, payload: bytes) -> None:
+        """Write one JSON message, then wait while the outbox is over the high-water mark."""
         self._write(message_frame(payload, self.wbits))
         self.count(len(payload))
         await self._flush(self._high_water)
@@ -250,33 +386,30 @@ class RawSession(StreamSession):
         reaches the client before any close frame, so a 4008 reason is exact even
         when the eviction lands while this waits.
         """
-        fields, wbits, size = self.params.fields, self.wbits, self.params.batch
-        for i in range(0, len(ticks), size):
-            group = ticks[i : i + size]
+        protocol, fields, wbits = self.protocol, self.params.fields, self.wbits
+        for group in protocol.messages(ticks):
             if len(group) == 1:
                 self._write(tick_frame(group[0], fields, wbits))
                 self.count(len(group[0].view(fields)))
             else:
-                payload = batch_message(t.view(fields) for t in group)
+                payload = protocol.payload(group)
                 self._write(message_frame(payload, wbits))
                 self.count(len(payload))
-            self.sent_t = group[-1].t
+            protocol.sent_t = group[-1].t
             await self._flush(self._high_water)
 
     # -- heartbeats (one timer for every session: heartbeats.py) -----------------------
 
     def greeted(self) -> None:
+        """The hello is out: heartbeats start (the first one ``heartbeat_s`` from now)."""
         self._beats.add(self)
 
-    def beat(self, payload: bytes, frames: dict[int, bytes]) -> bool:
-        """Queue heartbeat ``payload`` like any other write; False once the session ended."""
-        if self.state is not State.OPEN:
+    def beat(self, beat: Beat) -> bool:
+        """Queue ``beat``'s shared frame like any other write; False once the stream ended."""
+        if not self.protocol.is_open:
             return False
-        frame = frames.get(self.wbits)
-        if frame is None:
-            frame = frames[self.wbits] = message_frame(payload, self.wbits)
-        self._write(frame)
-        self.count(len(payload))
+        self._write(beat.frame(self.wbits))
+        self.count(len(beat.payload))
         return True
 
     # -- the hub's side ---------------------------------------------------------------
@@ -287,24 +420,34 @@ class RawSession(StreamSession):
             return False
         fields = self.params.fields
         self._write(tick_frame(tick, fields, self.wbits))
-        self.next_t = tick.t + 1
-        self.sent_t = tick.t
+        protocol = self.protocol
+        protocol.next_t = tick.t + 1
+        protocol.sent_t = tick.t
         self._traffic.sent(len(tick.view(fields)))
         if not self._out and self._broken is None:
             self._join_lane()
         return True
 
     def fell_behind(self) -> None:
+        """The hub's: a tick was refused, so the session task returns to catching up."""
+        self.protocol.fell_behind()
         self._wake.set()
 
     async def live_phase(self) -> None:
+        """Flush the outbox while the hub delivers; rejoin the lane whenever it is empty.
+
+        Returns when the stream fell behind (the protocol is no longer live).
+
+        Raises:
+            PeerGone: the socket broke.
+        """
         while True:
             if self._out:
                 await self._flush()
                 continue
             if self._broken is not None:
                 raise PeerGone(str(self._broken))
-            if not self.live:
+            if not self.protocol.live:
                 return
             if self.lane is None:
                 self._join_lane()
@@ -314,19 +457,38 @@ class RawSession(StreamSession):
     # -- reading ----------------------------------------------------------------------
 
     async def read_messages(self) -> None:
-        """Answer pings and client messages until the client closes or errs.
+        """Read the client's frames and answer them until it closes or errs.
+
+        Control frames are read and answered whatever the outbox holds: a ping's
+        pong and a close's reply go ahead of the waiting frames, and a close drops
+        the frames not yet started (the client wants no more). Replies to *data*
+        messages wait for room in the outbox; while more than ``UNANSWERED_INPUT``
+        bytes of messages wait for their answer, nothing more is read (TCP then
+        pushes back on a client that sends without reading).
 
         Raises:
-            PeerGone: EOF, reset, or a close frame from the client.
-            ProtocolError: a message over 64 KiB (close 1009).
+            PeerGone: EOF, reset, or a close frame from the client (CLIENT_CLOSED).
+            StreamEnded: a message over 64 KiB (close 1009).
         """
+        protocol = self.protocol
         size = 0
+        parts: list[bytes] = []
+        waiting: deque[bytes] = deque()  # whole messages not answered yet
+        waiting_bytes = 0
         while True:
-            # A client that sends without reading our replies must not make them pile
-            # up: read nothing more until the outbox is back under the high-water mark
-            # (TCP then pushes back on the client's sends).
-            await self._wait_for_room()
-            await trio.lowlevel.wait_readable(self.sock)
+            while waiting and self._out_bytes <= self._high_water:
+                message = waiting.popleft()
+                waiting_bytes -= len(message)
+                self._answer(message)
+            if waiting_bytes >= UNANSWERED_INPUT and self._broken is None:
+                await self._wait_for_room()
+                continue
+            if waiting and self._broken is None:  # read, or answer once there is room
+                with trio.CancelScope() as self._reading:
+                    await trio.lowlevel.wait_readable(self.sock)
+                self._reading = None
+            else:
+                await trio.lowlevel.wait_readable(self.sock)
             try:
                 data = self.sock.recv(RECV_BYTES)
             except BlockingIOError:
@@ -336,31 +498,35 @@ class RawSession(StreamSession):
             if not data:
                 raise PeerGone("EOF")
             self.ws.receive_data(data)
-            parts: list[bytes] = []
             for event in self.ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
                     chunk = (
                         event.data.encode() if isinstance(event.data, str) else bytes(event.data)
                     )
                     size += len(chunk)
-                    if size > MAX_CLIENT_MESSAGE:
-                        raise too_big(size)
+                    protocol.check_size(size)
                     parts.append(chunk)
                     if event.message_finished:
-                        reply = client_reply(b"".join(parts))
+                        message = b"".join(parts)
                         parts.clear()
                         size = 0
-                        self._write(message_frame(reply, self.wbits))
-                        self.count(len(reply))
-                        # One read can hold thousands of small messages, each reply
-                        # larger than its message: answer the rest (wsproto keeps
-                        # them) only once the outbox has room again.
-                        await self._wait_for_room()
+                        if waiting or self._out_bytes > self._high_water:
+                            waiting.append(message)
+                            waiting_bytes += len(message)
+                        else:
+                            self._answer(message)
                 elif isinstance(event, Ping):
-                    self._write(self.ws.send(event.response()))
+                    self._write_control(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
-                    self._write(self.ws.send(event.response()))
-                    raise ClientClosed(f"client closed ({event.code})")
+                    self._drop_unsent()
+                    self._write_control(self.ws.send(event.response()))
+                    raise PeerGone(f"client closed ({event.code})", end=End.CLIENT_CLOSED)
+
+    def _answer(self, message: bytes) -> None:
+        """Write the protocol's reply to one whole client message."""
+        reply = self.protocol.reply(message)
+        self._write(message_frame(reply, self.wbits))
+        self.count(len(reply))
 
     async def _wait_for_room(self) -> None:
         """Until the outbox is back under the high-water mark (or broken)."""
@@ -370,21 +536,20 @@ class RawSession(StreamSession):
 
     # -- closing ----------------------------------------------------------------------
 
-    async def close_connection(self, code: CloseCode, reason: str) -> None:
+    async def close_connection(self, code: CloseCode | None, reason: str) -> None:
         """Close frame after the outbox, bounded flush, half-close, drain; else RST."""
-        end = self.end
-        peer_closed = isinstance(end, ClientClosed)
+        end = self.protocol.end
         sock = self.sock
         clean = False
         # A client closed for its own sake (4008, 1009, 1011) gets the full grace to
         # read its last ticks and the reason; at shutdown (1001) the process must exit
-        # within SPEC's 5 s, so the grace is capped.
+        # within 5 s, so the grace is capped.
         grace = self.service.config.close_grace_s
         if code is CloseCode.GOING_AWAY:
             grace = min(grace, SHUTDOWN_GRACE)
         with trio.move_on_after(grace):
-            if not isinstance(end, PeerGone) or peer_closed:
-                if not peer_closed:
+            if end is not End.CONNECTION_LOST:
+                if code is not None:
                     self._write(close_frame(code, reason))
                 await self._flush_quietly()
                 if self._broken is None and not self._out:

@@ -9,7 +9,7 @@ attached. Every error response is JSON ``{"error", "detail"}``.
 ``/ws/stream`` here is the portable transport for a stock ``hypercorn`` deployment
 (``transports.asgi``); ``tickcast serve`` answers it on its raw fast path instead
 (``transports.raw``). Both admit connections through ``transports.intake`` and
-speak the same protocol (``transports.session``).
+speak the same protocol (``protocol.StreamProtocol``, driven by ``transports.stream``).
 """
 
 from __future__ import annotations
@@ -51,12 +51,11 @@ from tickcast.web.openapi import (
     query_names,
     takes_query,
 )
+from tickcast.wire import PAGE_LIMIT
 
 __all__ = ["Mount", "TickcastApp", "create_app"]
 
 log = logging.getLogger("tickcast.app")
-
-MAX_LIMIT = 10_000
 
 
 # -- documentation models (OpenAPI only; the handlers build their JSON directly) -------
@@ -103,7 +102,7 @@ class IncrementalQuery(msgspec.Struct):
         int,
         Meta(
             ge=1,
-            description=f"Ticks per page; over {MAX_LIMIT} is capped at {MAX_LIMIT} (no error).",
+            description=f"Ticks per page; over {PAGE_LIMIT} is capped at {PAGE_LIMIT} (no error).",
         ),
     ] = 1000
     fields: schemas.Fields | UnsetType = UNSET
@@ -113,7 +112,7 @@ class IncrementalResponse(msgspec.Struct):
     """Up to `limit` consecutive ticks (`count: 0` past `latest_t`)."""
 
     from_t: Annotated[int, Meta(ge=0, description="t of the first tick in data")]
-    count: Annotated[int, Meta(ge=0, le=MAX_LIMIT)]
+    count: Annotated[int, Meta(ge=0, le=PAGE_LIMIT)]
     latest_t: Annotated[int, Meta(ge=0)] | None
     next_t: Annotated[int, Meta(ge=0, description="from_t + count: the from_t of the next page")]
     data: list[schemas.Tick]
@@ -283,7 +282,7 @@ def create_app() -> TickcastApp:
     @security_scheme(READ_ACCESS)
     @takes_query(*PAGE_PARAMS)
     async def incremental() -> Response:
-        """Up to ``limit`` (max 10000) consecutive ticks from ``max(from_t, oldest_t)``.
+        """Up to ``limit`` (max ``PAGE_LIMIT``) consecutive ticks from ``max(from_t, oldest_t)``.
 
         With ``from_ts``: from the first tick whose ``ts >= from_ts`` (with ``from_t``
         too, the first that meets both). The page stops at ``to_t`` and at the last
@@ -292,7 +291,7 @@ def create_app() -> TickcastApp:
         service = app.mounted().service
         _authorize(service)
         query = parse_page_params(request.args)
-        limit = 1000 if query.limit is None else min(query.limit, MAX_LIMIT)
+        limit = 1000 if query.limit is None else min(query.limit, PAGE_LIMIT)
         history = service.history
         seek = None if query.from_ts is None else await history.find_ts(query.from_ts)
         from_t = page_start(query.from_t, seek) or 0

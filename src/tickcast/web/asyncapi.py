@@ -2,8 +2,8 @@
 
 Built from what the code uses: the message and query models of ``web.schemas``
 (msgspec Structs, turned into JSON Schema by ``msgspec.json.schema_components``),
-the close codes of ``transports.session.CloseCode`` and the limits the code
-enforces. The server is the document's application: it *sends* hello, tick,
+the close codes of ``wire.CloseCode`` (with the reasons ``protocol.End`` builds)
+and the limits the code enforces. The server is the document's application: it *sends* hello, tick,
 batch, heartbeat, pong and error, and *receives* ping. The query string is the
 WebSocket channel binding's ``query`` (AsyncAPI channel parameters are for the
 address only). Close codes and handshake refusals, which AsyncAPI has no object
@@ -17,15 +17,9 @@ from typing import Any
 import msgspec
 
 from tickcast import __version__
-from tickcast.transports.params import MAX_BATCH
-from tickcast.transports.session import (
-    MAX_CLIENT_MESSAGE,
-    CloseCode,
-    EpochChanged,
-    SlowConsumer,
-    too_big,
-)
+from tickcast.protocol import End
 from tickcast.web import schemas
+from tickcast.wire import MAX_BATCH, MAX_CLIENT_MESSAGE, CloseCode, MessageType
 
 __all__ = ["CLOSE_CODES", "SERVER_MESSAGES", "document"]
 
@@ -34,29 +28,38 @@ CHANNEL = "stream"
 
 # Every code the server closes with: the reason it sends, and what a client should do.
 CLOSE_CODES: dict[CloseCode, tuple[str, str]] = {
+    CloseCode.NORMAL: (
+        "",
+        "Not sent on its own: the server echoes the code of a client that closes first "
+        "(1000, or none when the client's close had none).",
+    ),
     CloseCode.GOING_AWAY: (
-        "server shutting down",
+        End.SHUTDOWN.template,
         "The server is stopping. Back off (0.5 s doubling to 10 s) and resume with "
         "`from_t` = last t + 1.",
     ),
     CloseCode.PROTOCOL_ERROR: ("", "The client broke RFC 6455 framing. Fix the client."),
     CloseCode.INVALID_DATA: ("", "A text message that is not UTF-8. Fix the client."),
+    CloseCode.POLICY_VIOLATION: (
+        "",
+        "Not sent by tickcast; a proxy in front of it may send it. Do not retry as is.",
+    ),
     CloseCode.TOO_BIG: (
-        str(too_big(MAX_CLIENT_MESSAGE + 1)),
+        End.TOO_BIG.template.format(size=MAX_CLIENT_MESSAGE + 1),
         f"A client message over {MAX_CLIENT_MESSAGE} bytes. Fix the client.",
     ),
     CloseCode.INTERNAL_ERROR: (
-        "history unreadable: corrupt record",
+        End.CORRUPT_HISTORY.template,
         "The history is damaged (`/health` names the record), or a server bug "
         "(reason `internal error`, logged). Report it; a retry at the same from_t fails again.",
     ),
     CloseCode.SLOW_CONSUMER: (
-        str(SlowConsumer(8261)),
+        End.SLOW_CONSUMER.template.format(t=8261),
         "The client fell more than `max_lag` ticks behind. Reconnect at once with the "
         "`from_t` in the reason: no gap, no duplicate.",
     ),
     CloseCode.EPOCH_CHANGED: (
-        str(EpochChanged()),
+        End.EPOCH_CHANGED.template,
         "The history was reset (a scale-out edge saw a new epoch). Reconnect; the new "
         "hello carries the new epoch, and old t values mean nothing in it.",
     ),
@@ -78,7 +81,7 @@ REFUSALS: dict[int, tuple[str, str]] = {
 
 # name -> (model, summary, example payload)
 SERVER_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
-    "hello": (
+    MessageType.HELLO.value: (
         schemas.Hello,
         "Always first: the history's epoch and range.",
         {
@@ -90,7 +93,7 @@ SERVER_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
             "server": f"tickcast/{__version__}",
         },
     ),
-    "tick": (
+    MessageType.TICK.value: (
         schemas.Tick,
         "One tick (here with `fields=s`): the latest one, the replay, then every new one.",
         {
@@ -100,7 +103,7 @@ SERVER_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
             "s": {"price_norm": 0.511999, "volatility": 0.000618, "liquidity": 0.5926},
         },
     ),
-    "batch": (
+    MessageType.BATCH.value: (
         schemas.Batch,
         f"Up to `batch` (at most {MAX_BATCH}) consecutive ticks that were already waiting.",
         {
@@ -111,17 +114,17 @@ SERVER_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
             ],
         },
     ),
-    "heartbeat": (
+    MessageType.HEARTBEAT.value: (
         schemas.Heartbeat,
         "Every `heartbeat_s` seconds; two periods of silence mean a dead connection.",
         {"type": "heartbeat", "latest_t": 2192, "ts": 1795492058.996497},
     ),
-    "pong": (
+    MessageType.PONG.value: (
         schemas.Pong,
         "The answer to a ping.",
         {"type": "pong", "ts": 1795491983.959698, "id": 7},
     ),
-    "error": (
+    MessageType.ERROR.value: (
         schemas.Error,
         "The answer to a client message that is not JSON, not an object, or not a ping.",
         {"type": "error", "code": "bad_message", "detail": "not JSON"},
@@ -129,7 +132,7 @@ SERVER_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
 }
 
 CLIENT_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
-    "ping": (
+    MessageType.PING.value: (
         schemas.Ping,
         f"Answered by a pong. Any other message gets an error; one over "
         f"{MAX_CLIENT_MESSAGE} bytes closes the connection with 1009.",

@@ -1,22 +1,24 @@
 """What goes over the wire, as msgspec Structs: the models of the API documents.
 
-The server never encodes through these (ticks are bytes encoded once, messages are
-built by ``transports.session``); they exist so that ``/openapi.json`` and
-``/asyncapi.json`` are generated from one typed description
-(``msgspec.json.schema_components``) instead of hand-written JSON, and the tests
-check real server output against them. Constraints come from the constants the
-code enforces (``OPTIONAL_KEYS``, ``MAX_BATCH``).
+The messages a client reads besides ticks (hello, heartbeat, pong, error) and the
+ping it sends are the Structs of ``wire.py``, which the server builds its messages
+through; they are re-exported here. The rest (ticks, batches, the query strings)
+the server never encodes through a Struct (a tick is bytes encoded once): those
+exist so that ``/openapi.json`` and ``/asyncapi.json`` are generated from one typed
+description (``msgspec.json.schema_components``) instead of hand-written JSON, and
+the tests check real server output against them. Constraints come from the
+constants the code enforces (``OPTIONAL_KEYS``, ``MAX_BATCH``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from tickcast.tick import OPTIONAL_KEYS
-from tickcast.transports.params import MAX_BATCH
+from tickcast.wire import MAX_BATCH, Error, Heartbeat, Hello, Ping, Pong
 
 __all__ = [
     "FIELDS_PATTERN",
@@ -173,53 +175,7 @@ class TickContent(msgspec.Struct):
 # -- stream messages (SPEC §3) -------------------------------------------------------------
 
 
-class Hello(msgspec.Struct, tag="hello", tag_field="type"):
-    """Always the first message."""
-
-    epoch: Annotated[str, Meta(description="id of this history; changes when it is reset")]
-    oldest_t: Annotated[int, Meta(ge=0)] | None
-    latest_t: Annotated[int, Meta(ge=0)] | None
-    heartbeat_s: Annotated[float, Meta(gt=0, description="seconds between heartbeats")]
-    server: Annotated[str, Meta(pattern="^tickcast/", description="`tickcast/<version>`")]
-    truncated: (
-        Annotated[
-            Literal[True],
-            Meta(
-                description="present only when `from_t < oldest_t`: the stream starts at oldest_t"
-            ),
-        ]
-        | UnsetType
-    ) = UNSET
-
-
 class Batch(msgspec.Struct, tag="batch", tag_field="type"):
     """Consecutive ticks that were already waiting (never a batch of one)."""
 
     ticks: Annotated[list[Tick], Meta(min_length=2, max_length=MAX_BATCH)]
-
-
-class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="type"):
-    """Sent every `heartbeat_s` seconds."""
-
-    latest_t: Annotated[int, Meta(ge=0)] | None
-    ts: float
-
-
-class Pong(msgspec.Struct, tag="pong", tag_field="type"):
-    """The answer to a `ping`; echoes its `id` when it had one."""
-
-    ts: float
-    id: Any | UnsetType = UNSET
-
-
-class Error(msgspec.Struct, tag="error", tag_field="type"):
-    """The answer to a client message the server cannot follow; the connection stays open."""
-
-    code: Literal["bad_message"]
-    detail: str
-
-
-class Ping(msgspec.Struct, tag="ping", tag_field="type"):
-    """The only client message; `id` (any JSON value) is echoed in the `pong`."""
-
-    id: Any | UnsetType = UNSET

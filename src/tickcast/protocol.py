@@ -1,0 +1,448 @@
+"""The ``/ws/stream`` protocol without I/O: one :class:`StreamProtocol` per connection.
+
+A transport (``transports/raw.py`` for ``tickcast serve``, ``transports/asgi.py``
+under a stock ASGI server) holds one and only moves bytes; everything it has to
+*decide* is asked of the protocol, the way websockets' ``Connection`` holds a
+sans-I/O ``Protocol``:
+
+* **where the stream is**: one :class:`State`, changed only through the table
+  :data:`TRANSITIONS` (as h11 writes its state machine), and the position:
+  ``next_t`` (the next tick this client has not been given), ``sent_t`` (the last
+  tick the transport has taken) and the lag ``allowance``;
+* **why it ended**: one :class:`End`, which carries its :class:`CloseCode`, and
+  the close reason built from it (:meth:`StreamProtocol.close_reason`);
+* **the lag rule**: :func:`too_far_behind`, the one written form of the
+  slow-consumer policy, which the hub applies to every subscriber that is not
+  live and the protocol applies during its own catch-up;
+* **the messages**: the parser of client messages (:meth:`StreamProtocol.reply`)
+  and the builders of every server message (hello, tick and batch, heartbeat,
+  pong, error), through the Structs of ``wire.py``.
+
+The life of a stream::
+
+    GREETING --greeted--> CATCHING_UP --caught up--> LIVE <--joined / left--> IN_LANE
+                               ^                      |
+                               +-----fell behind------+
+    any of those --ended--> CLOSING --closed--> CLOSED  (ended again: no change)
+
+Invariants:
+
+* The state changes only in :meth:`StreamProtocol._move`, and only along
+  :data:`TRANSITIONS`; any other step is a bug and raises :class:`StateError`.
+* The first :class:`End` wins: a stream evicted while its reader sees the client
+  go still closes with 4008.
+* ``sent_t`` only grows while the stream is open, and everything the transport
+  has taken reaches the client before a close frame: so the ``from_t`` a 4008
+  names (``sent_t + 1``, decided when the close is built) continues exactly what
+  the client received.
+* Nothing here awaits or imports trio, anyio, Quart or Hypercorn (an
+  import-linter contract checks it), so every transition is tested without a
+  socket (``tests/test_stream_protocol.py``).
+
+Room for replay controls: a paced replay (ticks sent at the pace of their ``ts``)
+and a paused one would be two more states between ``CATCHING_UP`` and ``LIVE``
+(``PACED``, ``PAUSED``), entered and left by client messages; a paused or paced
+stream is not a slow consumer, so the lag rule would skip them as it skips
+``LIVE``. Adding them means adding rows to :data:`TRANSITIONS` and to the test's
+table, nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+import orjson
+
+from tickcast.tick import EncodedTick, Fields, batch_message
+from tickcast.wire import (
+    MAX_CLIENT_MESSAGE,
+    CloseCode,
+    Error,
+    Heartbeat,
+    Hello,
+    MessageType,
+    Pong,
+)
+
+__all__ = [
+    "CATCH_UP_CHUNK",
+    "TRANSITIONS",
+    "End",
+    "Event",
+    "State",
+    "StateError",
+    "StreamEnded",
+    "StreamProtocol",
+    "heartbeat_message",
+    "too_far_behind",
+]
+
+CATCH_UP_CHUNK = 256  # ticks read from history per step of a catch-up
+
+_encode = msgspec.json.Encoder().encode
+
+
+class State(enum.Enum):
+    """Everything a stream can be (see the module docstring for the picture)."""
+
+    GREETING = "greeting"  # upgraded: the start is decided, the hello on its way
+    CATCHING_UP = "catching up"  # sending history from next_t; under the lag rule
+    LIVE = "live"  # the hub hands it each new tick, one by one
+    IN_LANE = "in a lane"  # live, and served by a lane's loop (the fast path)
+    CLOSING = "closing"  # ended: slot released, the close being delivered
+    CLOSED = "closed"  # the socket is closed
+
+
+class Event(enum.Enum):
+    """What moves a stream from one :class:`State` to the next."""
+
+    GREETED = "greeted"  # the hello has been sent
+    CAUGHT_UP = "caught up"  # next_t passed the latest published tick
+    FELL_BEHIND = "fell behind"  # a live tick could not be taken: catch up from history
+    JOINED_LANE = "joined a lane"
+    LEFT_LANE = "left its lane"
+    ENDED = "ended"  # an End was recorded (the first one wins)
+    CLOSED = "closed"  # the transport closed the socket
+
+
+_OPEN = (State.GREETING, State.CATCHING_UP, State.LIVE, State.IN_LANE)
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.GREETING, Event.GREETED): State.CATCHING_UP,
+    (State.CATCHING_UP, Event.CAUGHT_UP): State.LIVE,
+    (State.LIVE, Event.FELL_BEHIND): State.CATCHING_UP,
+    (State.LIVE, Event.JOINED_LANE): State.IN_LANE,
+    (State.IN_LANE, Event.LEFT_LANE): State.LIVE,
+    **{(state, Event.ENDED): State.CLOSING for state in _OPEN},
+    (State.CLOSING, Event.ENDED): State.CLOSING,  # a later reason is ignored
+    (State.CLOSING, Event.CLOSED): State.CLOSED,
+    (State.CLOSED, Event.ENDED): State.CLOSED,  # e.g. the hub's 4009 racing the close
+}
+"""Every allowed step: ``(state, event) -> next state``. Anything else is a bug."""
+
+
+class End(enum.Enum):
+    """Why a stream ended, with the close code it sends (None: no close frame of ours).
+
+    Attributes:
+        code: the close code, or None when the client closed first (its close is
+            answered with its own code) or the connection broke (nothing can be sent).
+        template: the close reason; ``{t}`` and ``{size}`` are filled in by
+            :meth:`StreamProtocol.close_reason`.
+    """
+
+    SHUTDOWN = (CloseCode.GOING_AWAY, "server shutting down")
+    SLOW_CONSUMER = (CloseCode.SLOW_CONSUMER, "slow consumer; resume with from_t={t}")
+    EPOCH_CHANGED = (CloseCode.EPOCH_CHANGED, "epoch changed")
+    TOO_BIG = (CloseCode.TOO_BIG, f"message of {{size}} bytes exceeds {MAX_CLIENT_MESSAGE} bytes")
+    CORRUPT_HISTORY = (CloseCode.INTERNAL_ERROR, "history unreadable: corrupt record")
+    INTERNAL_ERROR = (CloseCode.INTERNAL_ERROR, "internal error")
+    CLIENT_CLOSED = (None, "client closed")
+    CONNECTION_LOST = (None, "connection lost")
+
+    def __init__(self, code: CloseCode | None, template: str) -> None:
+        self.code = code
+        self.template = template
+
+
+class StateError(RuntimeError):
+    """A step :data:`TRANSITIONS` does not allow: a bug in a transport or the hub."""
+
+
+class StreamEnded(Exception):
+    """Raised out of a protocol method that ended the stream; ``end`` says why."""
+
+    def __init__(self, end: End) -> None:
+        super().__init__(end.template)
+        self.end = end
+
+
+def too_far_behind(t: int, next_t: int, lag_limit: int, allowance: int) -> bool:
+    """The slow-consumer rule: True when a stream at ``next_t`` must close with 4008.
+
+    ``t`` is the latest published tick; the lag is ``t - next_t + 1`` ticks. A stream
+    may lag by ``lag_limit`` (``max_lag``) plus its ``allowance``: 0 once it has been
+    live, and for a replay from far back the smallest lag it has had so far, so a
+    resume is never refused for starting far back, only for falling further behind.
+    """
+    return t - next_t + 1 > lag_limit + allowance
+
+
+def heartbeat_message(latest_t: int | None) -> bytes:
+    """A heartbeat stamped now: the same bytes for every stream of a service."""
+    return _encode(Heartbeat(latest_t=latest_t, ts=round(time.time(), 6)))
+
+
+def _number(value: float) -> float | int:
+    """30.0 -> 30: settings that are whole numbers are shown as integers."""
+    return int(value) if value.is_integer() else value
+
+
+def _error(detail: str) -> bytes:
+    return _encode(Error(code="bad_message", detail=detail))
+
+
+class StreamProtocol:
+    """One ``/ws/stream`` connection's state, position, end and messages; no I/O.
+
+    Args:
+        from_t: the first tick wanted, or None for the latest tick (or with ``from_ts``).
+        from_ts: the start asked by time, instead of or as well as ``from_t``; the
+            I/O layer resolves it to a ``from_t`` before :meth:`start` (with both, the
+            later of the two bounds). It changes when the hello says ``truncated``.
+        fields: the tick keys this client asked for (None: all).
+        batch: up to this many waiting ticks per message.
+        lag_limit: ``max_lag``, for the lag rule during catch-up.
+
+    Attributes:
+        state: where the stream is (see :data:`TRANSITIONS`).
+        end: why it ended, once it has (the first reason recorded).
+        next_t: the next tick not yet given to this client.
+        sent_t: the last tick whose message the transport has taken.
+        allowance: the extra lag tolerated while replaying (see :func:`too_far_behind`).
+    """
+
+    __slots__ = (
+        "_lane",
+        "_too_big",
+        "allowance",
+        "asked_from_t",
+        "batch",
+        "end",
+        "fields",
+        "from_t",
+        "from_ts",
+        "lag_limit",
+        "next_t",
+        "sent_t",
+        "state",
+    )
+
+    def __init__(
+        self,
+        *,
+        from_t: int | None,
+        from_ts: float | None = None,
+        fields: Fields = None,
+        batch: int = 1,
+        lag_limit: int,
+    ) -> None:
+        self.from_t = from_t
+        self.asked_from_t = from_t  # as asked: from_t may be replaced by a from_ts seek
+        self.from_ts = from_ts
+        self.fields = fields
+        self.batch = batch
+        self.lag_limit = lag_limit
+        self.state = State.GREETING
+        self.end: End | None = None
+        self.next_t = 0
+        self.sent_t = -1
+        self.allowance = 0
+        self._lane: object | None = None
+        self._too_big = 0
+
+    # -- state ------------------------------------------------------------------------
+
+    def _move(self, event: Event) -> None:
+        """Take one step of :data:`TRANSITIONS`.
+
+        Raises:
+            StateError: the table has no such step from the current state.
+        """
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            raise StateError(f"{event.value!r} while {self.state.value}") from None
+
+    @property
+    def is_open(self) -> bool:
+        """Not yet ended: the stream holds its slot and may be given ticks."""
+        return self.state in _OPEN
+
+    @property
+    def live(self) -> bool:
+        """True while the hub hands this stream each new tick (LIVE or IN_LANE)."""
+        state = self.state
+        return state is State.LIVE or state is State.IN_LANE
+
+    @property
+    def lane(self) -> object | None:
+        """The lane this stream is a member of (set by the hub: JOINED / LEFT_LANE)."""
+        return self._lane
+
+    @lane.setter
+    def lane(self, lane: object | None) -> None:
+        if lane is None:
+            if self._lane is not None and self.state is State.IN_LANE:
+                self._move(Event.LEFT_LANE)
+        else:
+            self._move(Event.JOINED_LANE)
+        self._lane = lane
+
+    def fell_behind(self) -> None:
+        """A live tick could not be taken: the stream catches up from ``next_t``."""
+        if self.state is State.LIVE:
+            self._move(Event.FELL_BEHIND)
+
+    def finish(self, end: End) -> bool:
+        """Record why the stream ends and move to CLOSING; True if it was still open.
+
+        The first reason wins; a later one changes nothing.
+        """
+        was_open = self.is_open
+        if self.end is None:
+            self.end = end
+        self._move(Event.ENDED)
+        return was_open
+
+    def closed(self) -> None:
+        """The transport has closed the socket."""
+        self._move(Event.CLOSED)
+
+    def close_reason(self) -> tuple[CloseCode | None, str]:
+        """The close code to send (None: send none) and its reason, for :attr:`end`."""
+        end = self.end if self.end is not None else End.SHUTDOWN
+        return end.code, end.template.format(t=self.sent_t + 1, size=self._too_big)
+
+    # -- the start ----------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        epoch: str,
+        oldest_t: int | None,
+        latest_t: int | None,
+        next_published_t: int,
+        latest: EncodedTick | None,
+        heartbeat_s: float,
+        server: str,
+    ) -> tuple[bytes, EncodedTick | None]:
+        """Decide where the stream starts; return the hello and the first tick to send.
+
+        Called once, with the history's facts read in the same step (no await in
+        between), so the hello's ``oldest_t`` / ``latest_t`` / ``truncated`` describe
+        exactly what follows. Without ``from_t`` the first tick is ``latest`` and the
+        stream goes on at ``next_published_t``; with it, from ``max(from_t, oldest_t)``.
+        The stream stays GREETING until :meth:`greeted`; the hub's lag rule already
+        covers it (a client that never reads even its hello is still a slow consumer).
+        """
+        from_t = self.from_t
+        hello = Hello(
+            epoch=epoch,
+            oldest_t=oldest_t,
+            latest_t=latest_t,
+            heartbeat_s=_number(heartbeat_s),
+            server=server,
+        )
+        # from_t: ticks from_t .. oldest_t - 1 are gone. from_ts: the seek landed on
+        # oldest_t and retention has deleted ticks before it, which may have matched;
+        # with from_t too, only if that bound itself reached below oldest_t.
+        by_time = self.from_ts is not None and (self.asked_from_t or 0) < (oldest_t or 0)
+        if (
+            from_t is not None
+            and oldest_t is not None
+            and (from_t < oldest_t or (by_time and from_t == oldest_t > 0))
+        ):
+            hello.truncated = True
+        first: EncodedTick | None = None
+        if from_t is None:
+            first = latest
+            self.next_t = next_published_t
+        else:
+            self.next_t = from_t if oldest_t is None else max(from_t, oldest_t)
+        self.sent_t = (self.next_t if first is None else first.t) - 1
+        self.allowance = 0 if latest_t is None else max(0, latest_t - self.next_t + 1)
+        return _encode(hello), first
+
+    def greeted(self) -> None:
+        """The hello has been sent: the catch-up begins."""
+        self._move(Event.GREETED)
+
+    # -- catching up ------------------------------------------------------------------
+
+    def catch_up_from(self, latest_t: int | None) -> int | None:
+        """The ``t`` to read history from next, or None: caught up, now LIVE.
+
+        Going live happens in this call, with no await between the check and the
+        change, so no published tick can slip past the stream.
+
+        Raises:
+            StreamEnded: the lag rule closes the stream (4008).
+        """
+        if latest_t is None or self.next_t > latest_t:
+            self.allowance = 0
+            self._move(Event.CAUGHT_UP)
+            return None
+        if too_far_behind(latest_t, self.next_t, self.lag_limit, self.allowance):
+            raise self._ended(End.SLOW_CONSUMER)
+        self.allowance = min(self.allowance, latest_t - self.next_t + 1)
+        return self.next_t
+
+    def read_size(self) -> int:
+        """How many ticks to ask history for per catch-up step."""
+        return max(CATCH_UP_CHUNK, self.batch)
+
+    def caught(self, ticks: Sequence[EncodedTick]) -> None:
+        """History answered the read at ``next_t`` with ``ticks``; move past them.
+
+        Raises:
+            StreamEnded: the ticks do not start at ``next_t`` (retention removed what
+                this client still needed): it must resume (4008).
+        """
+        if not ticks or ticks[0].t != self.next_t:
+            raise self._ended(End.SLOW_CONSUMER)
+        self.next_t = ticks[-1].t + 1
+
+    def _ended(self, end: End) -> StreamEnded:
+        self.finish(end)
+        return StreamEnded(end)
+
+    # -- server messages -----------------------------------------------------------------
+
+    def messages(self, ticks: Sequence[EncodedTick]) -> Iterator[Sequence[EncodedTick]]:
+        """``ticks`` in groups of up to ``batch``: one message each (a tick or a batch)."""
+        size = self.batch
+        for i in range(0, len(ticks), size):
+            yield ticks[i : i + size]
+
+    def payload(self, group: Sequence[EncodedTick]) -> bytes:
+        """The message for one group of :meth:`messages`: the tick itself, or a batch."""
+        fields = self.fields
+        if len(group) == 1:
+            return group[0].view(fields)
+        return batch_message(t.view(fields) for t in group)
+
+    # -- client messages ----------------------------------------------------------------
+
+    def check_size(self, size: int) -> None:
+        """A client message has reached ``size`` bytes so far.
+
+        Raises:
+            StreamEnded: over ``MAX_CLIENT_MESSAGE`` (1009, the reason names the size).
+        """
+        if size > MAX_CLIENT_MESSAGE:
+            self._too_big = size
+            raise self._ended(End.TOO_BIG)
+
+    def reply(self, data: bytes | str) -> bytes:
+        """The answer to one whole client message: a pong, or a ``bad_message`` error."""
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return _error("not JSON")
+        if not isinstance(msg, dict):
+            return _error("expected a JSON object")
+        kind: Any = msg.get("type")
+        if kind == MessageType.PING:
+            pong = Pong(ts=round(time.time(), 6))
+            if "id" in msg:
+                pong.id = msg["id"]
+            return _encode(pong)
+        text = repr(kind)
+        if len(text) > 64:
+            text = text[:61] + "..."
+        return _error(f"unknown message type {text}; expected 'ping'")

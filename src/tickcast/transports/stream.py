@@ -1,0 +1,227 @@
+"""The life of one ``/ws/stream`` connection, the same for both transports.
+
+A session (``raw.RawSession``, ``asgi.AsgiSession``) holds a sans-I/O
+``protocol.StreamProtocol`` and moves bytes; the functions here drive it through
+the protocol's states, awaiting the session's I/O where the protocol says to:
+
+* :func:`serve` runs the stream (:func:`run`) and the session's reader side by
+  side; whichever ends first ends the other; then it closes the connection with
+  what the protocol's :class:`~tickcast.protocol.End` says.
+* :func:`run` sends the hello and the start, then alternates **catch-up**
+  (history from ``next_t``, ``batch`` ticks per message, awaiting the transport
+  after each, so a slow client slows only its own reads) and **live** (the hub
+  delivers; the session's ``live_phase`` returns when it fell behind).
+* :func:`terminate` ends a stream from outside its task (the hub's 4008 and
+  4009); :func:`release` gives the connection slot back.
+
+A session provides what :class:`Session` lists: structural typing, not a base
+class, so each transport reads top to bottom on its own.
+
+Invariants:
+
+* The slot taken by ``intake.admit`` is given back the moment the stream starts
+  closing (:func:`release`, idempotent), so an evicted client's address may
+  reconnect at once.
+* A stream is in the hub from before its first await to its end, so the lag rule
+  covers the hello and the replay too.
+* Both transports ask "has it ended?" one way: ``session.protocol.is_open``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from tickcast import __version__
+from tickcast.errors import CorruptRecordError
+from tickcast.fanout.hub import Subscriber
+from tickcast.protocol import End, StreamEnded, StreamProtocol
+from tickcast.tick import EncodedTick
+from tickcast.transports.params import start_t
+from tickcast.wire import CloseCode
+
+if TYPE_CHECKING:
+    from tickcast.service import Service
+
+__all__ = ["PeerGone", "Session", "release", "run", "serve", "terminate"]
+
+log = logging.getLogger("tickcast.ws")
+
+
+class PeerGone(Exception):
+    """The client closed the connection (``end``: CLIENT_CLOSED) or it broke."""
+
+    def __init__(self, detail: str, *, end: End = End.CONNECTION_LOST) -> None:
+        super().__init__(detail)
+        self.end = end
+
+
+class Session(Subscriber, Protocol):
+    """What a transport's session gives :func:`serve`: the hub's side, its protocol, I/O."""
+
+    service: Service
+    protocol: StreamProtocol
+    ip: str  # the address whose connection slot the session holds while open
+    scope: trio.CancelScope  # cancelled to end the stream from outside
+    closed: trio.Event  # set once the protocol is CLOSED
+
+    async def send_message(self, payload: bytes) -> None:
+        """Send one JSON message; may wait on backpressure."""
+        ...
+
+    async def send_ticks(self, ticks: Sequence[EncodedTick]) -> None:
+        """Send ``ticks`` as the protocol groups them, moving ``protocol.sent_t``."""
+        ...
+
+    def greeted(self) -> None:
+        """The hello has gone out (start the heartbeats)."""
+        ...
+
+    async def live_phase(self) -> None:
+        """Run while live; return when the stream fell behind (to catch up)."""
+        ...
+
+    async def read_messages(self) -> None:
+        """Read and answer client messages until the client leaves.
+
+        Raises:
+            PeerGone: the client closed or the connection broke.
+            StreamEnded: the client broke the protocol (a message too big).
+        """
+        ...
+
+    async def close_connection(self, code: CloseCode | None, reason: str) -> None:
+        """Send the close (``code`` None: none) and close; runs shielded, bounded."""
+        ...
+
+
+def release(session: Session, end: End = End.CONNECTION_LOST) -> None:
+    """Leave the hub and give back the connection slot (idempotent, never blocks).
+
+    Ends the protocol with ``end`` unless it has already ended (the first reason
+    wins): an eviction frees the slot before the close.
+    """
+    session.service.hub.discard(session)
+    if session.protocol.finish(end):
+        session.service.limits.release(session.ip)
+
+
+def terminate(session: Session, end: End) -> None:
+    """End the stream for ``end`` from outside its task (never blocks).
+
+    The slot is released at once; the session's task is cancelled and closes the
+    connection with ``end``'s code.
+    """
+    release(session, end)
+    session.scope.cancel()
+
+
+async def serve(session: Session) -> None:
+    """Run the stream until it ends, then close the connection.
+
+    On cancellation (server shutdown) the client gets 1001. The slot is released
+    before the close; ``close_connection`` runs shielded (the session bounds it).
+    """
+    session.service.traffic.accepted()
+    protocol = session.protocol
+    try:
+        with session.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read, session)
+                try:
+                    await run(session)
+                except (StreamEnded, PeerGone, CorruptRecordError) as exc:
+                    release(session, _end_of(exc))
+                except Exception:  # a bug or a store failure: 1011, logged
+                    log.exception("stream session for %s failed", session.ip)
+                    release(session, End.INTERNAL_ERROR)
+                nursery.cancel_scope.cancel()
+    finally:
+        release(session, End.SHUTDOWN)  # a no-op unless cancelled from outside
+        with trio.CancelScope(shield=True):
+            await session.close_connection(*protocol.close_reason())
+        protocol.closed()
+        session.closed.set()
+
+
+def _end_of(exc: BaseException) -> End:
+    if isinstance(exc, StreamEnded | PeerGone):
+        return exc.end
+    if isinstance(exc, CorruptRecordError):
+        return End.CORRUPT_HISTORY
+    return End.INTERNAL_ERROR
+
+
+async def _read(session: Session) -> None:
+    try:
+        await session.read_messages()
+    except (StreamEnded, PeerGone) as exc:
+        release(session, exc.end)
+    except Exception:
+        log.exception("reading from %s failed", session.ip)
+        release(session, End.INTERNAL_ERROR)
+    session.scope.cancel()
+
+
+async def run(session: Session) -> None:
+    """Send the hello and the start, then alternate catch-up and live.
+
+    Registers with the hub for its whole life (so the lag rule covers the replay
+    too) and unregisters on the way out, whatever the exit.
+
+    Raises:
+        StreamEnded: the lag rule closed the stream during catch-up (4008).
+    """
+    service, protocol = session.service, session.protocol
+    history, hub = service.history, service.hub
+    if protocol.from_ts is not None:  # resolve to a t (<= latest_t + 1), then as from_t
+        found = await history.find_ts(protocol.from_ts)
+        protocol.from_t = start_t(protocol.from_t, found)  # with from_t too: both bounds
+    # Decide the start and build the hello in one step (no await between).
+    hello, first = protocol.start(
+        epoch=history.epoch,
+        oldest_t=history.oldest_t,
+        latest_t=history.latest_t,
+        next_published_t=history.next_published_t,
+        latest=history.latest() if protocol.from_t is None else None,
+        heartbeat_s=service.config.heartbeat_s,
+        server=f"tickcast/{__version__}",
+    )
+    # Join the hub before the first await: a send may block from the first byte (the
+    # ASGI transport awaits TCP), and a client that never reads even its hello must
+    # still fall under the lag rule (4008, its slot freed), not hold it forever.
+    hub.add(session)
+    try:
+        await session.send_message(hello)
+        protocol.greeted()
+        session.greeted()
+        if first is not None:
+            await session.send_ticks([first])
+        while True:
+            await catch_up(session)
+            await session.live_phase()
+    finally:
+        hub.discard(session)
+
+
+async def catch_up(session: Session) -> None:
+    """Send history from ``next_t`` until it reaches the live edge, then go live.
+
+    Raises:
+        StreamEnded: lag past ``max_lag``, or retention took ticks still needed (4008).
+    """
+    history, protocol = session.service.history, session.protocol
+    try:
+        while True:
+            start = protocol.catch_up_from(history.latest_t)
+            if start is None:
+                return
+            ticks = await history.read(start, protocol.read_size())
+            protocol.caught(ticks)
+            await session.send_ticks(ticks)
+    except StreamEnded:  # a 4008 decided here, counted with the hub's
+        session.service.hub.count_slow_close()
+        raise

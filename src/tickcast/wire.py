@@ -1,0 +1,133 @@
+"""Wire facts of the ``/ws/stream`` protocol and the HTTP pages: one plain module.
+
+What a client and the server must agree on lives here, once: the message type
+names, the WebSocket close codes, the limits either side enforces or relies on,
+and the shape of the messages a client reads before any tick (hello, heartbeat)
+or gets in answer to its own (pong, error, and the ping it sends).
+
+Invariants:
+
+* Plain Python and msgspec only: no trio, anyio, Quart or Hypercorn, and nothing
+  else of tickcast (an import-linter contract checks both). So ``tickcast.client``
+  imports this module and nothing else of the server, and the API documents
+  (``web/schemas.py``, ``web/asyncapi.py``) are generated from the same Structs.
+* Every code in :class:`CloseCode` and every type in :class:`MessageType` is
+  described in ``/asyncapi.json``, and nothing else is (``tests/test_wire.py``).
+* Ticks themselves are not built through these Structs: a tick is bytes encoded
+  once (``tick.py``). The Structs describe the other messages, and the server
+  builds those through them (``protocol.py``), so the documents cannot drift.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_CLIENT_MESSAGE",
+    "PAGE_LIMIT",
+    "CloseCode",
+    "Error",
+    "Heartbeat",
+    "Hello",
+    "MessageType",
+    "Ping",
+    "Pong",
+]
+
+# -- limits ----------------------------------------------------------------------------
+
+PAGE_LIMIT = 10_000
+"""Ticks per ``/incremental`` page at most: a larger ``limit`` is capped, not refused."""
+
+MAX_CLIENT_MESSAGE = 64 * 1024
+"""Bytes in one client message at most: a larger one closes the stream with 1009."""
+
+MAX_BATCH = 1000
+"""Ticks in one ``batch`` message at most: ``?batch=`` is ``1..MAX_BATCH``."""
+
+
+class MessageType(enum.StrEnum):
+    """The ``type`` of every JSON message on ``/ws/stream``."""
+
+    # server -> client
+    HELLO = "hello"  # always first
+    TICK = "tick"  # one tick
+    BATCH = "batch"  # consecutive ticks that were already waiting
+    HEARTBEAT = "heartbeat"  # every heartbeat_s seconds
+    PONG = "pong"  # the answer to a ping
+    ERROR = "error"  # the answer to a message the server cannot follow
+    # client -> server
+    PING = "ping"  # the only client message
+
+
+class CloseCode(enum.IntEnum):
+    """The WebSocket close codes of the stream (RFC 6455 §7.4, and ours in 4000-4999).
+
+    A client reconnects after 1001 and 4008 (4008 at once, at the ``from_t`` the
+    reason names), starts over after 4009, and gives up on 1002, 1007, 1008, 1009
+    and 1011: the same request would end the same way.
+    """
+
+    NORMAL = 1000  # a client's normal close, which the server echoes
+    GOING_AWAY = 1001  # the server is shutting down
+    PROTOCOL_ERROR = 1002  # the client broke RFC 6455 framing
+    INVALID_DATA = 1007  # a text message that is not UTF-8
+    POLICY_VIOLATION = 1008  # not sent by this server; a proxy in front of it may send it
+    TOO_BIG = 1009  # a client message over MAX_CLIENT_MESSAGE bytes
+    INTERNAL_ERROR = 1011  # the history is unreadable, or a server bug (logged)
+    SLOW_CONSUMER = 4008  # lag past max_lag; the reason names the from_t to resume with
+    EPOCH_CHANGED = 4009  # the history was reset (a scale-out edge saw a new epoch)
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, tag=MessageType.HELLO.value, tag_field="type"):
+    """Always the first message."""
+
+    epoch: Annotated[str, Meta(description="id of this history; changes when it is reset")]
+    oldest_t: Annotated[int, Meta(ge=0)] | None
+    latest_t: Annotated[int, Meta(ge=0)] | None
+    heartbeat_s: Annotated[float, Meta(gt=0, description="seconds between heartbeats")]
+    server: Annotated[str, Meta(pattern="^tickcast/", description="`tickcast/<version>`")]
+    truncated: (
+        Annotated[
+            Literal[True],
+            Meta(
+                description="present only when `from_t < oldest_t`: the stream starts at oldest_t"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class Heartbeat(msgspec.Struct, tag=MessageType.HEARTBEAT.value, tag_field="type"):
+    """Sent every `heartbeat_s` seconds."""
+
+    latest_t: Annotated[int, Meta(ge=0)] | None
+    ts: float
+
+
+class Pong(msgspec.Struct, tag=MessageType.PONG.value, tag_field="type"):
+    """The answer to a `ping`; echoes its `id` when it had one."""
+
+    ts: float
+    id: Any | UnsetType = UNSET
+
+
+class Error(msgspec.Struct, tag=MessageType.ERROR.value, tag_field="type"):
+    """The answer to a client message the server cannot follow; the connection stays open."""
+
+    code: Literal["bad_message"]
+    detail: str
+
+
+class Ping(msgspec.Struct, tag=MessageType.PING.value, tag_field="type"):
+    """The only client message; `id` (any JSON value) is echoed in the `pong`."""
+
+    id: Any | UnsetType = UNSET
