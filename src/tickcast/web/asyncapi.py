@@ -1,4 +1,4 @@
-"""``/asyncapi.json``: the ``/ws/stream`` protocol as AsyncAPI 3.0 (SPEC §3).
+"""``/asyncapi.json``: the ``/ws/stream`` protocol as AsyncAPI 3.0 (docs/protocol.md).
 
 Built from what the code uses: the message and query models of ``web.schemas``
 (msgspec Structs, turned into JSON Schema by ``msgspec.json.schema_components``),

@@ -89,7 +89,7 @@ Token = Annotated[
 
 
 class StreamQuery(msgspec.Struct):
-    """The query string of `GET /ws/stream` (SPEC §3); a bad value refuses the upgrade (400)."""
+    """The query string of `GET /ws/stream`; a bad value refuses the upgrade (400)."""
 
     from_t: FromT | UnsetType = UNSET
     from_ts: FromTs | UnsetType = UNSET
@@ -105,9 +105,9 @@ class StreamQuery(msgspec.Struct):
     token: Token | UnsetType = UNSET
 
 
-# -- the tick (SPEC §2) -------------------------------------------------------------------
+# -- the tick (docs/protocol.md) ---------------------------------------------------------------
 # The nested parts are described, not constrained: the built-in simulator writes the
-# SPEC §2 shape shown in the examples, but an ingest source serves what its simulation
+# shape shown in the examples, but an ingest source serves what its simulation
 # posted (any object in `s`, any list in the others), and a schema must hold for both.
 
 State = Annotated[
@@ -172,7 +172,7 @@ class TickContent(msgspec.Struct):
     ts: float | UnsetType = UNSET
 
 
-# -- stream messages (SPEC §3) -------------------------------------------------------------
+# -- stream messages (docs/protocol.md) ---------------------------------------------------------
 
 
 class Batch(msgspec.Struct, tag="batch", tag_field="type"):
