@@ -33,6 +33,7 @@ from werkzeug.routing import Rule
 
 from tickcast import __version__
 from tickcast.sources.ingest import MAX_INGEST_BYTES
+from tickcast.wire import PAGE_LIMIT
 
 __all__ = [
     "INGEST_ACCESS",
@@ -133,7 +134,7 @@ The HTTP side of tickcast, a live market-data feed.
   with an `Allow` header.
 * A query parameter a path does not list is answered 400 naming it (a typo such
   as `lmit` is never ignored); a path that lists none takes none.
-* `/incremental` caps `limit` at 10000 without an error.
+* `/incremental` caps `limit` at {PAGE_LIMIT} without an error.
 * With `read_token` set, `/incremental`, `/` and `/ws/stream` need it
   (`Authorization: Bearer` or `?token=`); `/health` and `/metrics` stay open.
 * tickcast {__version__}.
