@@ -57,7 +57,7 @@ $(BROWSER_STAMP): | $(BIN)/python
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $@
 
-# The scale-out tests run a real redis-server (Debian's package, the SPEC §7 reference).
+# The scale-out tests run a real redis-server (Debian's package, the reference Redis).
 $(REDIS_STAMP): | $(BIN)/python
 	@command -v redis-server >/dev/null || { \
 		echo "installing Debian's redis-server for the scale-out tests"; \

@@ -3,7 +3,7 @@
 
 This is the "best idiomatic Python" baseline that ``bench/fanout.py`` and
 ``loadtest/run --target peer`` measure tickcast against. It speaks the subset of
-SPEC §2-§4 that the load tools use:
+the protocol (docs/protocol.md, docs/api.md) that the load tools use:
 
 - ``GET /ws/stream[?from_t=N]``: ``hello``, then the latest tick (or the replay
   from ``from_t``), then every tick as it is produced, ``t`` strictly
@@ -50,7 +50,7 @@ from websockets.version import version as websockets_version
 __all__ = ["DEFAULT_AGENTS", "Peer", "TickGenerator", "main"]
 
 # Limits
-MAX_MESSAGE_BYTES = 64 * 1024  # SPEC §3: a client message over 64 KiB closes with 1009
+MAX_MESSAGE_BYTES = 64 * 1024  # docs/protocol.md: a client message over 64 KiB closes with 1009
 MAX_INCREMENTAL_LIMIT = 10_000
 SLOW_CONSUMER_CODE = 4008
 

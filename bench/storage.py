@@ -36,7 +36,7 @@ Row = tuple[str, str, str]
 
 
 def tick_maker(size: int) -> Callable[[int], bytes]:
-    """Return ``make(t)``: a synthetic tick of about ``size`` bytes of JSON (SPEC §2 shape)."""
+    """Return ``make(t)``: a synthetic tick of about ``size`` bytes of JSON (the wire shape)."""
 
     def body(agents: int) -> bytes:
         return orjson.dumps(

@@ -1,7 +1,7 @@
 """The synthetic tick of the reference peers (standard library only).
 
 ``bench/peer_websockets.py`` and ``bench/peer_floor.py`` produce the same tick: the
-SPEC §2 shape (``type, t, ts, s, agents, actions, matches``) and about tickcast's
+docs/protocol.md shape (``type, t, ts, s, agents, actions, matches``) and about tickcast's
 size, so a difference between the servers is not a difference in what they send.
 """
 
@@ -17,7 +17,7 @@ DEFAULT_AGENTS = 21  # ~2.5 KB of JSON per tick, tickcast's default size
 
 
 class TickGenerator:
-    """Synthetic market simulation producing ticks of the SPEC §2 shape.
+    """Synthetic market simulation producing ticks of the docs/protocol.md shape.
 
     Each agent contributes one ``agents`` entry, one ``actions`` entry and one
     ``matches`` entry, so ``agents`` scales the tick size linearly (21 agents is

@@ -3,7 +3,7 @@
 Used by ``bench/fanout.py``. ``RawClient`` is a minimal RFC 6455 client on
 ``asyncio.BufferedProtocol`` (every connection reads into one shared buffer, so
 a read allocates nothing): one ``time.time()`` per socket read, ``t`` and ``ts`` read
-off the head of each text frame with one regex (SPEC §2 fixes the key order
+off the head of each text frame with one regex (the tick's key order is fixed: docs/protocol.md
 ``type, t, ts``), no JSON parsing of ticks, permessage-deflate when offered and
 accepted, pings answered, the closing handshake echoed. Anything that is not a
 plain tick (hello, batch, heartbeat, a tick with other key order) takes the
@@ -97,7 +97,7 @@ class Subscriber:
             ticks = message["ticks"]
             for tick in ticks:
                 self.on_tick(tick["t"], tick["ts"], now, (end - start) // max(1, len(ticks)))
-        elif kind == "tick":  # keys not in the SPEC order: slow path
+        elif kind == "tick":  # keys not in the wire order: slow path
             self.on_tick(message["t"], message["ts"], now, end - start)
         elif kind == "hello":
             self.hello = message

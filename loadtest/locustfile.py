@@ -1,4 +1,4 @@
-"""Locust scenarios for tickcast (SPEC §3 WebSocket stream, §4 ``/incremental``).
+"""Locust scenarios for tickcast (the WebSocket stream of docs/protocol.md, ``/incremental``).
 
 User classes (pick them by name on the command line, e.g.
 ``locust -f loadtest/locustfile.py TickStreamUser``; default mix 8:1:1):
@@ -74,7 +74,7 @@ class DuplicateTick(Exception):
 
 
 class StreamError(Exception):
-    """The stream broke a SPEC §3 rule or dropped."""
+    """The stream broke a docs/protocol.md rule or dropped."""
 
 
 @events.init_command_line_parser.add_listener

@@ -126,7 +126,7 @@ def build_command(
     max_clients: int,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """The command line that starts target ``name`` (see SPEC §1 for tickcast's flags)."""
+    """The command line that starts target ``name`` (see the README for tickcast's flags)."""
     rate_arg = f"{rate:g}"
     if name in ("tickcast", "base"):
         if name == "tickcast":

@@ -1,4 +1,4 @@
-"""``/asyncapi.json`` (SPEC §4): valid AsyncAPI 3.0, and true to what the server sends.
+"""``/asyncapi.json`` (docs/api.md): valid AsyncAPI 3.0, and true to what the server sends.
 
 The document is checked against the official AsyncAPI 3.0.0 JSON Schema. No PyPI
 package ships it, so the Makefile's install step fetches it from the npm package

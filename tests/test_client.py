@@ -1,4 +1,4 @@
-"""tickcast.client and ``tickcast tail`` (SPEC §9), over real sockets.
+"""tickcast.client and ``tickcast tail`` (docs/client.md), over real sockets.
 
 The decisions (cursor, backoff, URLs) are tested synchronously; the rest against a
 real tickcast (in-process, or a ``tickcast serve`` subprocess for restarts), or,

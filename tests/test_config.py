@@ -33,7 +33,7 @@ def from_argv(argv: list[str], env: dict[str, str] | None = None) -> Config:
     return from_sources(parser().parse_args(argv), env or {})
 
 
-# -- defaults (SPEC §1) ---------------------------------------------------------------
+# -- defaults (README) ---------------------------------------------------------------
 
 
 def test_defaults_match_spec() -> None:
@@ -168,7 +168,7 @@ def test_unknown_env_var_raises_even_beside_good_ones() -> None:
 
 def test_env_var_in_the_wrong_case_is_not_silently_ignored() -> None:
     # The variable for `port` is TICKCAST_PORT; TICKCAST_port is a typo that must
-    # either take effect or stop start-up (SPEC §1), not vanish.
+    # either take effect or stop start-up (README), not vanish.
     try:
         c = from_sources({}, {"TICKCAST_port": "9"})
     except ConfigError as exc:
@@ -343,7 +343,7 @@ def test_describe_lists_every_setting_and_masks_the_token() -> None:
     assert "port=8000" in lines
 
 
-# -- scale-out settings (SPEC §7) --------------------------------------------------------
+# -- scale-out settings (docs/scale-out.md) --------------------------------------------------------
 
 
 def test_scale_out_settings_parse_from_flags_and_env() -> None:

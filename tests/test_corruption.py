@@ -1,5 +1,5 @@
 """A flipped byte in a segment is never served: /incremental says so, /health says so,
-a stream that needs the record closes with 1011 (SPEC §5 integrity)."""
+a stream that needs the record closes with 1011 (docs/storage.md integrity)."""
 
 from __future__ import annotations
 

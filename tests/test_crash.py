@@ -1,4 +1,4 @@
-"""SPEC §5: a process crash never loses or changes a tick that a client was sent.
+"""docs/storage.md: a process crash never loses or changes a tick that a client was sent.
 
 The server is killed with SIGKILL again and again while it produces 300 ticks/s and
 a client records the exact bytes of every tick it receives. After each kill the

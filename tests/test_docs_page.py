@@ -1,6 +1,6 @@
 """``/docs`` in a real browser (Debian's Chromium driven by Playwright), offline.
 
-Swagger UI must load from the server alone (SPEC §4: no CDN): every request the
+Swagger UI must load from the server alone (docs/api.md: no CDN): every request the
 page makes to anything but the server is refused and recorded, and the test fails
 if there was one. Then it does what a person does: open ``GET /incremental``,
 "Try it out", "Execute", and read a 200 with ticks in ``data``.

@@ -1,4 +1,4 @@
-"""SPEC §7 against a real redis-server: a producer, edges, and every failure in between.
+"""docs/scale-out.md against a real redis-server: a producer, edges, and every failure in between.
 
 Edges run in-process (``serve_edge``) where the test needs to look inside, and as
 ``tickcast edge`` processes where it kills or freezes them.

@@ -1,4 +1,4 @@
-"""The ingest source (SPEC §6): an external simulation POSTs ticks with a bearer token."""
+"""The ingest source (README): an external simulation POSTs ticks with a bearer token."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §3 over real sockets: resume, slow clients, fields, batching, compression, limits.
+"""docs/protocol.md over real sockets: resume, slow clients, fields, batching, compression, limits.
 
 Every test that takes ``stream_server`` or ``transport`` runs under both WebSocket
 transports: ``tickcast serve``'s raw one and the Quart route under Hypercorn (ASGI).

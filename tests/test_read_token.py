@@ -1,4 +1,4 @@
-"""The read token (SPEC §4 "Read access"): /ws/stream, /incremental and / require it.
+"""The read token (docs/protocol.md "Read access"): /ws/stream, /incremental and / require it.
 
 Checked on every route under both transports: ``tickcast serve``'s raw front door
 (in-process ``serve`` and the real command line) and the Quart route served by

@@ -1,4 +1,5 @@
-"""The running service over real sockets: SPEC §2 (tick), §3 (stream basics), §4 (HTTP).
+"""The running service over real sockets: the tick and stream basics (docs/protocol.md)
+and HTTP (docs/api.md).
 
 Tests taking ``stream_server`` or ``transport`` run under both WebSocket transports
 (``tickcast serve``'s raw one and the Quart route under Hypercorn). The HTTP routes
@@ -317,7 +318,7 @@ async def test_message_of_exactly_64_kib_is_answered(stream_server: Running) -> 
 
 @pytest.mark.parametrize("rate", [1.0, 100.0], ids=["idle", "ticking"])
 async def test_heartbeat(tmp_path: Path, transport: Transport, rate: float) -> None:
-    # Whether or not ticks are flowing (SPEC §3).
+    # Whether or not ticks are flowing (docs/protocol.md).
     async with running(make_config(tmp_path, heartbeat_s=0.2, rate=rate), transport) as srv:
         await srv.wait_for_t(0)
         async with open_websocket_url(srv.ws_url()) as ws:

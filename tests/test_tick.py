@@ -17,11 +17,11 @@ from tickcast.tick import (
 )
 
 TS0 = 1_732_450_000.123456
-SPEC_ORDER = ["type", "t", "ts", "s", "agents", "actions", "matches"]
+WIRE_ORDER = ["type", "t", "ts", "s", "agents", "actions", "matches"]
 
 
 def make_tick(t: int, ts: float = TS0) -> dict[str, Any]:
-    """A small tick dict with its keys in SPEC §2 order."""
+    """A small tick dict with its keys in wire order."""
     return {
         "type": "tick",
         "t": t,
@@ -41,7 +41,7 @@ def key_order(raw: bytes) -> list[str]:
 
 
 def test_key_constants_follow_spec_order() -> None:
-    assert list(HEAD_KEYS) + list(OPTIONAL_KEYS) == SPEC_ORDER
+    assert list(HEAD_KEYS) + list(OPTIONAL_KEYS) == WIRE_ORDER
 
 
 # -- from_dict ------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def test_from_dict_bytes_are_orjson_of_the_dict() -> None:
 
 def test_from_dict_keeps_spec_key_order_and_head_first() -> None:
     tick = EncodedTick.from_dict(make_tick(7))
-    assert key_order(tick.raw) == SPEC_ORDER
+    assert key_order(tick.raw) == WIRE_ORDER
     assert tick.raw.startswith(b'{"type":"tick","t":7,"ts":')
     assert b"\n" not in tick.raw
 
