@@ -36,7 +36,7 @@ from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.heartbeats import Heartbeats, service_heartbeats
 from tickcast.transports.intake import Refusal, admit, authorize
 from tickcast.transports.params import BadParam, fields_param, int_param, start_params
-from tickcast.web import apidocs, keepalive, openapi, schemas
+from tickcast.web import apidocs, export, keepalive, openapi, schemas
 from tickcast.web.openapi import INGEST_ACCESS, READ_ACCESS, answers, json_body, page
 
 __all__ = ["attach", "create_app"]
@@ -159,6 +159,7 @@ def create_app() -> QuartTrio:
     openapi.install(app)
     keepalive.install(app)
     app.register_blueprint(apidocs.blueprint)
+    export.install(app, lambda: _service(app))  # GET /export (web/export.py)
 
     @app.errorhandler(BadParam)
     async def bad_param(exc: BadParam) -> Response:

@@ -1,0 +1,255 @@
+"""One export, driven from a :class:`~tickcast.storage.history.History` (trio).
+
+::
+
+    resolve_range()   the ticks the request names, clamped to what is published
+    probe_schema()    the table's columns, from samples spread over the range
+    export_chunks()   batches of BATCH_TICKS: History.read -> encoder (worker thread)
+
+Everything before :func:`export_chunks` happens before the response starts, so a
+bad request or a corrupt record there is still an HTTP error with a JSON body.
+
+Invariants of :func:`export_chunks`:
+
+* memory is bounded by one batch (read, flattened, encoded), whatever the range;
+* each batch's CPU work (flattening, encoding) runs in a worker thread, one at a
+  time, so live clients on the event loop are not held up; cancellation (the
+  client went away) waits for at most the batch in hand, then nothing is left
+  running: no task, no thread;
+* the ticks exported are exactly ``from_t .. to_t``: a tick missing on the way
+  (retention deleted it, an edge's ``history_url`` failed) or a corrupt record
+  raises :class:`ExportAborted` after the bytes already sent, so the caller can
+  abort the response instead of ending it as a well-formed but short file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import trio
+
+from tickcast.errors import StoreError, TickcastError
+from tickcast.export.formats import Encoder
+from tickcast.export.params import ExportParams
+from tickcast.export.tables import Flattener, SchemaDriftError, base_schema, unify
+from tickcast.storage.history import History
+
+__all__ = [
+    "BATCH_TICKS",
+    "ExportAborted",
+    "ExportRange",
+    "ExportStatistics",
+    "Exports",
+    "export_chunks",
+    "probe_schema",
+    "probe_starts",
+    "resolve_range",
+]
+
+log = logging.getLogger("tickcast.export")
+
+# A batch is at most BATCH_TICKS ticks and about BATCH_BYTES of stored JSON (the size
+# of the ticks read so far decides how many the next read asks for). The first is
+# FIRST_BATCH_TICKS, so that the first bytes leave at once.
+BATCH_TICKS = 4096
+BATCH_BYTES = 8 * 2**20
+FIRST_BATCH_TICKS = 256
+PROBES = 9  # samples spread over the range that decide a table's columns
+PROBE_TICKS = 256  # ticks per sample
+
+
+class ExportAborted(TickcastError):
+    """An export cannot deliver its whole range; the response must be aborted."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRange:
+    """The ticks an export holds: ``from_t .. to_t`` inclusive (``to_t = from_t - 1``: none)."""
+
+    from_t: int
+    to_t: int
+    epoch: str
+    truncated: bool = False
+
+    @property
+    def count(self) -> int:
+        return max(0, self.to_t - self.from_t + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportStatistics:
+    """Counters of a server's exports (``/metrics``)."""
+
+    running: int
+    started: int
+    completed: int
+    failed: int
+    cancelled: int
+    ticks: int
+    bytes: int
+
+
+class Exports:
+    """Counts exports as :func:`export_chunks` runs them."""
+
+    def __init__(self) -> None:
+        self._running = self._started = self._completed = 0
+        self._failed = self._cancelled = self._ticks = self._bytes = 0
+        self._changed = trio.Event()
+
+    def statistics(self) -> ExportStatistics:
+        return ExportStatistics(
+            self._running,
+            self._started,
+            self._completed,
+            self._failed,
+            self._cancelled,
+            self._ticks,
+            self._bytes,
+        )
+
+    async def wait_changed(self) -> None:
+        """Wait until an export starts or ends (for tests and tools)."""
+        await self._changed.wait()
+
+    def opened(self) -> None:
+        self._running += 1
+        self._started += 1
+        self._wake()
+
+    def sent(self, ticks: int, nbytes: int) -> None:
+        self._ticks += ticks
+        self._bytes += nbytes
+
+    def closed(self, outcome: str) -> None:
+        """An export ended: ``completed``, ``failed`` or ``cancelled``."""
+        self._running -= 1
+        if outcome == "completed":
+            self._completed += 1
+        elif outcome == "failed":
+            self._failed += 1
+        else:
+            self._cancelled += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+async def resolve_range(history: History, params: ExportParams) -> ExportRange:
+    """The range ``params`` names, clamped to ``oldest_t .. latest_t`` (as now).
+
+    ``from_t`` defaults to ``oldest_t``, ``to_t`` to ``latest_t``. ``truncated``: the
+    range asked for starts before ``oldest_t`` (retention deleted its head).
+
+    Raises:
+        CorruptRecordError: a seek by time probed a corrupt record.
+    """
+    latest, oldest, epoch = history.latest_t, history.oldest_t, history.epoch
+    start = params.from_t if params.from_t is not None else (oldest or 0)
+    if latest is None or oldest is None:
+        return ExportRange(start, start - 1, epoch)
+    truncated = start < oldest
+    if params.from_ts is not None:
+        by_time = await history.find_ts(params.from_ts)
+        # Landed on oldest_t: deleted ticks before it may have matched (as a stream's hello).
+        truncated = truncated or (by_time == oldest > 0 and start <= oldest)
+        start = max(start, by_time)
+    start = max(start, oldest)
+    end = latest if params.to_t is None else min(latest, params.to_t)
+    if params.to_ts is not None:  # the last tick with ts <= to_ts
+        after = await history.find_ts(math.nextafter(params.to_ts, math.inf))
+        end = min(end, after - 1)
+    if end < start:
+        return ExportRange(start, start - 1, epoch, truncated)
+    return ExportRange(start, end, epoch, truncated)
+
+
+def probe_starts(rng: ExportRange) -> list[int]:
+    """Where the samples of :func:`probe_schema` start (each ``PROBE_TICKS`` long)."""
+    span = max(rng.count - PROBE_TICKS, 0)
+    return sorted({rng.from_t + span * i // (PROBES - 1) for i in range(PROBES)})
+
+
+async def probe_schema(history: History, flattener: Flattener, rng: ExportRange) -> pa.Schema:
+    """The columns of ``flattener``'s table over ``rng``, from ``PROBES`` samples.
+
+    A member that appears only between the samples is found when its batch is
+    flattened: :func:`export_chunks` then aborts (docs/export.md says how to avoid it).
+
+    Raises:
+        CorruptRecordError: a sampled record is corrupt.
+    """
+    if rng.count == 0:
+        return base_schema()
+    schemas = []
+    for start in probe_starts(rng):
+        ticks = await history.read(start, PROBE_TICKS, upto=rng.to_t)
+        batch = await trio.to_thread.run_sync(flattener.flatten, ticks)
+        schemas.append(batch.schema)
+    return unify(schemas)
+
+
+async def export_chunks(
+    history: History, rng: ExportRange, encoder: Encoder, exports: Exports
+) -> AsyncIterator[bytes]:
+    """The bytes of the export of ``rng``, one chunk per batch (empty chunks skipped).
+
+    On cancellation (the client disconnected) it stops once the batch in hand is
+    encoded: no thread and no task outlives it.
+
+    Raises:
+        ExportAborted: a tick of the range is missing or corrupt, or a batch does not
+            fit the columns chosen at the start; the chunks already yielded are a
+            prefix of the file, which must not be passed on as complete.
+    """
+    exports.opened()
+    outcome = "cancelled"
+    try:
+        head = await trio.to_thread.run_sync(encoder.begin)
+        if head:
+            exports.sent(0, len(head))
+            yield head
+        t, batch = rng.from_t, FIRST_BATCH_TICKS
+        while t <= rng.to_t:
+            try:
+                ticks = await history.read(t, min(batch, rng.to_t - t + 1), upto=rng.to_t)
+            except StoreError as exc:  # CorruptRecordError among them
+                raise ExportAborted(f"export aborted at t={t}: {exc}") from exc
+            if not ticks or ticks[0].t != t:
+                got = f"t={ticks[0].t}" if ticks else "nothing"
+                raise ExportAborted(f"export aborted at t={t}: the history gave {got}")
+            try:
+                data = await trio.to_thread.run_sync(encoder.encode, ticks)
+            except SchemaDriftError as exc:
+                raise ExportAborted(
+                    f"export aborted at t={t}: {exc}; export a shorter range"
+                ) from exc
+            t = ticks[-1].t + 1
+            size = sum(len(tick.raw) for tick in ticks)
+            batch = max(16, min(BATCH_TICKS, BATCH_BYTES * len(ticks) // max(size, 1)))
+            exports.sent(len(ticks), len(data))
+            if data:
+                yield data
+        tail = await trio.to_thread.run_sync(encoder.end)
+        if tail:
+            exports.sent(0, len(tail))
+            yield tail
+        outcome = "completed"
+    except (trio.Cancelled, GeneratorExit):
+        raise
+    except ExportAborted as exc:
+        outcome = "failed"
+        log.error("%s", exc)
+        raise
+    except Exception:
+        outcome = "failed"
+        log.exception("export of t=%d..%d failed", rng.from_t, rng.to_t)
+        raise
+    finally:
+        exports.closed(outcome)
