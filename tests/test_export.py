@@ -23,6 +23,7 @@ import trio
 
 from conftest import Running, make_config, running
 from test_corruption import flip_byte_of_record
+from tickcast.client import Client, ExportAbortedError, RefusedError
 from tickcast.export import stream
 from tickcast.export.formats import FORMATS
 from tickcast.export.tables import TABLES
@@ -237,6 +238,11 @@ async def test_the_read_token(tmp_path: Path, sim_raws: list[bytes]) -> None:
         assert len(bearer.content.splitlines()) == 100
         query = await get(srv.url(f"/export?token={TOKEN}&format=arrow"))
         assert read_table("arrow", query.content).num_rows == 100
+        with pytest.raises(RefusedError) as refused:
+            await Client(srv.url(""), token="nope").atable(0, 10)
+        assert refused.value.status == 401
+        table = await Client(srv.url(""), token=TOKEN).atable(0, 10)
+        assert table.num_rows == 10
 
 
 # -- failures mid-stream --------------------------------------------------------------------
@@ -252,15 +258,23 @@ async def read_until_it_breaks(url: str) -> tuple[httpx.Response, bytes]:
     return response, bytes(got)
 
 
+def unprobed_t() -> int:
+    """A t on disk that the column samples of an export of the whole history skip:
+    damage there is found mid-stream, not before the response starts."""
+    rng = stream.ExportRange(0, HISTORY - 1, "")
+    probed = {
+        t for start in stream.probe_starts(rng) for t in range(start, start + stream.PROBE_TICKS)
+    }
+    return next(t for t in range(1200, HISTORY - RING) if t not in probed)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 async def test_a_corrupt_record_mid_range_aborts_the_response(
     srv: Running, fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(stream, "BATCH_TICKS", 200)  # several batches before the damage
     monkeypatch.setattr(stream, "FIRST_BATCH_TICKS", 200)
-    rng = stream.ExportRange(0, HISTORY - 1, "")
-    probed = {t for start in stream.probe_starts(rng) for t in range(start, start + 256)}
-    bad = next(t for t in range(1200, 2000) if t not in probed)  # found mid-stream
+    bad = unprobed_t()
     await trio.to_thread.run_sync(srv.producer.log.store.sync)
     flip_byte_of_record(srv.config.data_dir, bad)
     url = srv.url(f"/export?from_t=0&format={fmt}&table=agents")
@@ -271,6 +285,35 @@ async def test_a_corrupt_record_mid_range_aborts_the_response(
     assert (exports.failed, exports.completed) == (1, 0)
     if fmt == "ndjson":
         assert body.count(b"\n") <= bad  # nothing at or past the damaged record
+    # The CLI says so, exits non-zero and leaves no partial file.
+    out = srv.config.data_dir.parent / f"out.{fmt}"
+    cli = await trio.run_process(
+        [
+            PYTHON,
+            "-m",
+            "tickcast.cli",
+            "export",
+            srv.url(""),
+            "--from-t",
+            "0",
+            "--to-t",
+            str(HISTORY - 1),
+            "--table",
+            "agents",
+            "--format",
+            fmt,
+            "-o",
+            str(out),
+        ],
+        check=False,
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    assert cli.returncode != 0
+    message = cli.stderr.decode().strip().splitlines()[-1]
+    assert message.startswith("tickcast: error:"), cli.stderr
+    assert "incomplete" in message or "aborted" in message, message
+    assert not out.exists()
 
 
 async def test_a_corrupt_record_in_a_sample_is_a_json_500(srv: Running) -> None:
@@ -279,6 +322,76 @@ async def test_a_corrupt_record_in_a_sample_is_a_json_500(srv: Running) -> None:
     r = await get(srv.url("/export?from_t=0&to_t=1000&format=parquet"))
     assert r.status_code == 500
     assert r.json()["error"] == "corrupt_record"
+
+
+# -- the Python client and the command line ------------------------------------------------
+
+
+async def test_client_table_is_the_range_as_a_pyarrow_table(srv: Running) -> None:
+    client = Client(srv.url(""))
+    agents = await client.atable(2000, 2700, table="agents")  # to_t exclusive: 2000..2699
+    want = expected_rows(await incremental(srv, 2000, 2699), "agents")
+    assert agents.to_pylist() == normal(want)
+    frame = agents.to_pandas()
+    assert list(frame.columns) == ["t", "ts", "id", "experience"]
+    assert frame.t.min() == 2000 and frame.t.max() == 2699
+    blocking = await trio.to_thread.run_sync(lambda: client.table(0, 10))
+    assert blocking.column("t").to_pylist() == list(range(10))
+    empty = await client.atable(5, 5)
+    assert empty.num_rows == 0
+    with pytest.raises(ValueError, match="table"):
+        await client.atable(0, 10, table="orders")  # type: ignore[arg-type]
+
+
+async def test_client_table_raises_when_the_export_breaks_off(
+    srv: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream, "BATCH_TICKS", 100)
+    monkeypatch.setattr(stream, "FIRST_BATCH_TICKS", 100)
+    await trio.to_thread.run_sync(srv.producer.log.store.sync)
+    flip_byte_of_record(srv.config.data_dir, unprobed_t())
+    with pytest.raises(ExportAbortedError):
+        await Client(srv.url("")).atable(0, HISTORY)
+
+
+async def test_the_cli_writes_the_file_with_a_progress_line(srv: Running, tmp_path: Path) -> None:
+    for fmt, suffix in [("parquet", "parquet"), ("arrow", "arrows"), ("csv", "csv")]:
+        out = tmp_path / f"agents.{suffix}"
+        cli = await trio.run_process(
+            [
+                PYTHON,
+                "-m",
+                "tickcast.cli",
+                "export",
+                srv.url(""),
+                "--from-t",
+                "2000",
+                "--to-t",
+                "2700",
+                "--table",
+                "agents",
+                "-o",
+                str(out),
+            ],
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+        assert cli.returncode == 0, cli.stderr
+        err = cli.stderr.decode()
+        assert "ticks 2000..2700 (701)" in err
+        assert "ticks/s" in err
+        want = expected_rows(await incremental(srv, 2000, 2700), "agents")
+        assert read_table(fmt, out.read_bytes()).to_pylist() == normal(want)
+        assert not out.with_name(out.name + ".part").exists()
+    out = tmp_path / "ticks.ndjson"
+    cli = await trio.run_process(
+        [PYTHON, "-m", "tickcast.cli", "export", srv.url(""), "--to-t", "99", "-o", str(out)],
+        check=False,
+        capture_stderr=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert len(out.read_bytes().splitlines()) == 100
 
 
 # -- a client that leaves, and memory -----------------------------------------------------

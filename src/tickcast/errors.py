@@ -11,6 +11,7 @@
         ├── RefusedError       the server refused a request for good (HTTP 400, 401, 404...)
         ├── StreamClosedError  the server closed the stream with a code a retry cannot fix
         ├── BadMessageError    the server sent something the client cannot follow
+        ├── ExportAbortedError an export (Client.table, tickcast export) broke off mid-way
         └── GapError           resuming would skip ticks (unless on_gap="continue")
             ├── TruncatedError     retention deleted ticks the client still needed
             └── EpochChangedError  the history was reset: a new epoch
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "CorruptRecordError",
     "EpochChangedError",
+    "ExportAbortedError",
     "GapError",
     "ProtocolError",
     "RefusedError",
@@ -135,6 +137,11 @@ class StreamClosedError(ClientError):
 class BadMessageError(ClientError):
     """The server sent what the client cannot follow: not a JSON object, or a ``t``
     that does not continue the stream (a server bug; never silently skipped)."""
+
+
+class ExportAbortedError(ClientError):
+    """An export broke off before its end: the server stopped it (a corrupt record; its
+    log says which) or the connection failed. Nothing of what arrived is handed out."""
 
 
 class GapError(ClientError):
