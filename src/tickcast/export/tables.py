@@ -9,13 +9,14 @@ Tables (``docs/export.md``):
 How a batch is read (measured in ``bench/export.py``; why in the module's commit):
 each stored line is cut down to ``{"t":T,"ts":X,"v":<the table's section>}`` with
 byte searches, then the whole batch goes through Arrow's C++ JSON reader in one
-call. Cutting is exact because the stored JSON is orjson's (no whitespace) with the
-keys in the order ``type, t, ts, s, agents, actions, matches``: a ``"`` inside a
-string is escaped, so ``,"agents":`` can only be a key, and a line is cut by bytes
-only when each key it cuts at occurs once in it (else that one line is parsed
-whole). Any batch Arrow's reader refuses (a member that is a number in one row and
-a string in another, an element that is not an object) is built by plain Python
-instead: slower, same rules.
+call. The stored JSON is orjson's (no whitespace) with the keys in the order
+``type, t, ts, s, agents, actions, matches``, and a ``"`` inside a string is
+escaped, so ``,"agents":`` can only be a key. It is the top-level key unless an
+earlier value holds a nested key of that name; then the cut leaves unbalanced
+brackets (a strict prefix or suffix of a JSON value), the reader rejects the
+batch, and the batch is built from whole parses instead. Any batch Arrow's reader
+refuses (that, a member that is a number in one row and a string in another, an
+element that is not an object) is built by plain Python: slower, same rules.
 
 Columns (invariants of every batch handed out):
 
@@ -92,21 +93,32 @@ class Flattener:
 
     # -- cutting ------------------------------------------------------------------------
 
-    def cut(self, raw: bytes) -> bytes:
-        """``{"t":T,"ts":X,"v":<section>}`` for one stored tick (exact, see module docstring)."""
-        start, end = self._start, self._end
-        i_s = raw.find(_MARKERS[0])
-        if (
-            raw.startswith(_HEAD)
-            and i_s > 0
-            and (self._section == 0 or raw.count(start) == 1)
-            and (end is None or raw.count(end) == 1)
-        ):
-            a = i_s if self._section == 0 else raw.find(start, i_s)
-            b = len(raw) - 1 if end is None else raw.find(end, a)
-            if a > 0 and b > a:
-                return b"{" + raw[len(_HEAD) : i_s] + b',"v":' + raw[a + len(start) : b] + b"}"
-        obj = orjson.loads(raw)  # anything unusual: parse it whole
+    def cut(self, raws: Sequence[bytes]) -> bytes:
+        """``{"t":T,"ts":X,"v":<section>}`` lines for stored ticks, joined by newlines.
+
+        Cut at the first top-level-looking key after ``s``, without proving it is
+        top-level: a wrong cut (a nested key of the same name earlier in the line)
+        always leaves unbalanced brackets, so Arrow's reader rejects the batch and
+        :meth:`flatten` builds it from whole parses instead. A line that does not
+        start as a stored tick does is parsed whole at once.
+        """
+        start, end, head, first = self._start, self._end, _HEAD, self._section == 0
+        skip, h = len(start), len(head)
+        s_marker = _MARKERS[0]
+        parts: list[bytes] = []
+        add = parts.extend
+        for raw in raws:
+            i_s = raw.find(s_marker)
+            a = i_s if first else raw.find(start, i_s)
+            b = (len(raw) - 1) if end is None else raw.find(end, a)
+            if i_s > 0 and a > 0 and b > a and raw.startswith(head):
+                add((b"{", raw[h:i_s], b',"v":', raw[a + skip : b], b"}\n"))
+            else:
+                add((self._whole(raw), b"\n"))
+        return b"".join(parts)
+
+    def _whole(self, raw: bytes) -> bytes:
+        obj = orjson.loads(raw)
         name = _SECTIONS[self._section]
         value = obj.get(name) if isinstance(obj, dict) else None
         return orjson.dumps({"t": obj["t"], "ts": obj["ts"], "v": value})
@@ -117,11 +129,11 @@ class Flattener:
         """The table's rows for ``ticks`` (consecutive, in ``t`` order), types inferred."""
         if not ticks:
             return pa.RecordBatch.from_pylist([], schema=base_schema())
-        lines = b"\n".join([self.cut(tick.raw) for tick in ticks])
+        raws = [tick.raw for tick in ticks]
         try:
-            return self._fast(lines)
+            return self._fast(self.cut(raws))
         except (pa.ArrowInvalid, pa.ArrowTypeError, _Unusual):
-            return self._exact(lines)
+            return self._exact(b"\n".join([self._whole(raw) for raw in raws]))
 
     def _fast(self, lines: bytes) -> pa.RecordBatch:
         read = pa_json.ReadOptions(use_threads=False, block_size=len(lines) + 1)
@@ -173,7 +185,7 @@ class Flattener:
         """The same rows built in plain Python, for batches Arrow's reader refuses."""
         columns: dict[str, list[Any]] = {"t": [], "ts": []}
         rows = 0
-        for line in lines.split(b"\n"):
+        for line in lines.split(b"\n"):  # lines from _whole(): exact
             obj = orjson.loads(line)
             t, ts, value = obj["t"], obj["ts"], obj.get("v")
             if self._section == 0:
