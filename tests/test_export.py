@@ -21,8 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 import trio
 
-from conftest import Running, make_config, running
+from conftest import Running, Transport, make_config, running
+from redis_server import RedisServer
 from test_corruption import flip_byte_of_record
+from test_edge import edge_config, running_edge, wait_edge_at
 from tickcast.client import Client, ExportAbortedError, RefusedError
 from tickcast.export import stream
 from tickcast.export.formats import FORMATS
@@ -49,12 +51,17 @@ def fill(data_dir: Path, raws: list[bytes]) -> None:
             store.append([(i + k, raw) for k, raw in enumerate(raws[i : i + 500])])
 
 
-def served(tmp_path: Path, raws: list[bytes], **overrides: Any) -> Any:
-    """A server over ``raws`` already stored; no source producing (ingest, nothing posted)."""
+def served(
+    tmp_path: Path, raws: list[bytes], transport: Transport = "raw", **overrides: Any
+) -> Any:
+    """A server over ``raws`` already stored; no source producing (ingest, nothing posted).
+
+    ``transport`` "asgi": under a stock Hypercorn instead of ``tickcast serve``'s listener.
+    """
     fill(tmp_path / "segments", raws)
     options = {"source": "ingest", "ingest_token": "in", "ring_size": RING, **overrides}
     config = make_config(tmp_path, **options)
-    return running(config)
+    return running(config, transport)
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +323,18 @@ async def test_a_corrupt_record_mid_range_aborts_the_response(
     assert not out.exists()
 
 
+async def test_an_abort_under_a_stock_hypercorn_too(
+    tmp_path: Path, sim_raws: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream, "BATCH_TICKS", 200)
+    monkeypatch.setattr(stream, "FIRST_BATCH_TICKS", 200)
+    async with served(tmp_path, sim_raws, "asgi") as srv:
+        flip_byte_of_record(srv.config.data_dir, 1000)
+        response, body = await read_until_it_breaks(srv.url("/export?from_t=0&to_t=1999"))
+        assert response.status_code == 200
+        assert body.count(b"\n") == 1000  # the lines before the damaged record, then the reset
+
+
 async def test_a_corrupt_record_in_a_sample_is_a_json_500(srv: Running) -> None:
     await trio.to_thread.run_sync(srv.producer.log.store.sync)
     flip_byte_of_record(srv.config.data_dir, 0)
@@ -411,9 +430,11 @@ def big_ticks(n: int, size: int) -> list[bytes]:
     return [b'{"type":"tick","t":%d,"ts":%.6f,' % (t, 1.7e9 + t / 10) + body for t in range(n)]
 
 
-async def test_a_client_leaving_mid_stream_ends_the_export(tmp_path: Path) -> None:
+async def test_a_client_leaving_mid_stream_ends_the_export(
+    tmp_path: Path, transport: Transport
+) -> None:
     # ~24 MB of history: more than the socket buffers can take while the client stalls.
-    async with served(tmp_path, big_ticks(3000, 8000)) as srv:
+    async with served(tmp_path, big_ticks(3000, 8000), transport) as srv:
         exports = exports_of(srv.service)
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -521,3 +542,31 @@ async def get_post(url: str, body: Any) -> httpx.Response:
         return await client.post(
             url, content=orjson.dumps(body), headers={"Authorization": "Bearer in"}
         )
+
+
+# -- on an edge -----------------------------------------------------------------------------
+
+
+async def test_an_edge_exports_what_it_holds_and_older_ticks_from_history_url(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    config = make_config(tmp_path, redis_url=redis_server.url, rate=400.0)
+    async with running(config) as prod:
+        await prod.wait_for_t(600)
+        with_history = edge_config(tmp_path, redis_server, ring_size=100, history_url=prod.url(""))
+        alone = edge_config(tmp_path, redis_server, ring_size=100)
+        async with running_edge(with_history) as edge, running_edge(alone) as bare:
+            await wait_edge_at(edge, 600)
+            await wait_edge_at(bare, 600)
+            for query in ["from_t=0&to_t=550", "from_t=10&to_t=590&format=arrow&table=agents"]:
+                here = await get(edge.url(f"/export?{query}"))
+                there = await get(prod.url(f"/export?{query}"))
+                assert here.status_code == there.status_code == 200
+                assert here.content == there.content  # the same bytes, ring and history_url
+                assert here.headers["x-tickcast-epoch"] == there.headers["x-tickcast-epoch"]
+            cut = await get(bare.url("/export?from_t=0&to_t=600"))
+            assert cut.headers["x-tickcast-truncated"] == "true"
+            oldest = int(cut.headers["x-tickcast-from-t"])  # the edge's own oldest_t, then
+            assert oldest > 0
+            lines = [orjson.loads(line)["t"] for line in cut.content.splitlines()]
+            assert lines == list(range(oldest, 601))

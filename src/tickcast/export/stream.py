@@ -56,7 +56,7 @@ log = logging.getLogger("tickcast.export")
 # of the ticks read so far decides how many the next read asks for). The first is
 # FIRST_BATCH_TICKS, so that the first bytes leave at once.
 BATCH_TICKS = 4096
-BATCH_BYTES = 8 * 2**20
+BATCH_BYTES = 4 * 2**20
 FIRST_BATCH_TICKS = 256
 PROBES = 9  # samples spread over the range that decide a table's columns
 PROBE_TICKS = 256  # ticks per sample
