@@ -162,6 +162,15 @@ async def test_defaults_are_the_whole_history_as_ticks(srv: Running) -> None:
     assert table.column_names[:2] == ["t", "ts"]
 
 
+async def test_head_gives_the_range_without_exporting(srv: Running) -> None:
+    async with httpx.AsyncClient() as client:
+        r = await client.head(srv.url("/export?from_t=100&format=parquet&table=agents"))
+    assert r.status_code == 200
+    assert (r.headers["x-tickcast-from-t"], r.headers["x-tickcast-to-t"]) == ("100", "2999")
+    assert r.headers["content-type"] == "application/vnd.apache.parquet"
+    assert exports_of(srv.service).statistics().started == 0
+
+
 async def test_a_range_by_time(srv: Running) -> None:
     # ts = 1_700_000_000 + t / 10: ts 1_700_000_010 is t=100.
     r = await get(srv.url("/export?from_ts=1700000010&to_ts=1700000020.05&format=csv"))

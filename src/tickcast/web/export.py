@@ -146,16 +146,6 @@ def install(app: Quart, service: Callable[[], Service]) -> None:
         history = svc.history
         rng = await resolve_range(history, params)
         fmt, table = params.format, params.table
-        schema = None
-        if fmt != "ndjson":
-            schema = await probe_schema(history, Flattener(table), rng)
-        metadata = {
-            "tickcast.epoch": rng.epoch,
-            "tickcast.table": table,
-            "tickcast.from_t": str(rng.from_t),
-            "tickcast.to_t": str(rng.to_t),
-        }
-        encoder = encoder_for(fmt, table, schema, fields=params.fields, metadata=metadata)
         name = "ticks" if fmt == "ndjson" else table
         filename = f"tickcast-{name}-{rng.from_t}-{rng.to_t}.{EXTENSIONS[fmt]}"
         headers = {
@@ -167,6 +157,18 @@ def install(app: Quart, service: Callable[[], Service]) -> None:
         }
         if rng.truncated:
             headers["X-Tickcast-Truncated"] = "true"
+        if request.method == "HEAD":  # the range without the work
+            return Response(b"", content_type=CONTENT_TYPES[fmt], headers=headers)
+        schema = None
+        if fmt != "ndjson":
+            schema = await probe_schema(history, Flattener(table), rng)
+        metadata = {
+            "tickcast.epoch": rng.epoch,
+            "tickcast.table": table,
+            "tickcast.from_t": str(rng.from_t),
+            "tickcast.to_t": str(rng.to_t),
+        }
+        encoder = encoder_for(fmt, table, schema, fields=params.fields, metadata=metadata)
         chunks = export_chunks(history, rng, encoder, exports_of(svc))
         response = Response(chunks, content_type=CONTENT_TYPES[fmt], headers=headers)
         response.timeout = None  # a long export is not a hang
