@@ -53,13 +53,17 @@ __all__ = [
 log = logging.getLogger("tickcast.export")
 
 # A batch is at most BATCH_TICKS ticks and about BATCH_BYTES of stored JSON (the size
-# of the ticks read so far decides how many the next read asks for). The first is
-# FIRST_BATCH_TICKS, so that the first bytes leave at once.
+# of the ticks read so far decides how many the next read asks for; before any, the
+# mean size of the ticks in memory). The first is at most FIRST_BATCH_TICKS, so that
+# the first bytes leave at once. Ingested ticks may be large (up to 16 MiB each):
+# counts alone would not bound memory.
 BATCH_TICKS = 4096
 BATCH_BYTES = 4 * 2**20
 FIRST_BATCH_TICKS = 256
 PROBES = 9  # samples spread over the range that decide a table's columns
-PROBE_TICKS = 256  # ticks per sample
+PROBE_TICKS = 256  # ticks per sample, at most
+PROBE_BYTES = 2**20  # ... and about this many bytes
+DEFAULT_TICK_BYTES = 2500  # the mean size assumed while nothing is in memory
 
 
 class ExportAborted(TickcastError):
@@ -170,10 +174,20 @@ async def resolve_range(history: History, params: ExportParams) -> ExportRange:
     return ExportRange(start, end, epoch, truncated)
 
 
-def probe_starts(rng: ExportRange) -> list[int]:
-    """Where the samples of :func:`probe_schema` start (each ``PROBE_TICKS`` long)."""
-    span = max(rng.count - PROBE_TICKS, 0)
+def probe_starts(rng: ExportRange, size: int = PROBE_TICKS) -> list[int]:
+    """Where the samples of :func:`probe_schema` start (each ``size`` ticks long)."""
+    span = max(rng.count - size, 0)
     return sorted({rng.from_t + span * i // (PROBES - 1) for i in range(PROBES)})
+
+
+def _ticks_for(nbytes: int, tick_bytes: float, cap: int) -> int:
+    """How many ticks of ``tick_bytes`` make about ``nbytes`` (1 .. ``cap``)."""
+    return max(1, min(cap, int(nbytes / max(tick_bytes, 1.0))))
+
+
+def _mean_tick_bytes(history: History) -> float:
+    st = history.statistics()
+    return st.ring_bytes / st.ring_ticks if st.ring_ticks else DEFAULT_TICK_BYTES
 
 
 async def probe_schema(history: History, flattener: Flattener, rng: ExportRange) -> pa.Schema:
@@ -188,8 +202,9 @@ async def probe_schema(history: History, flattener: Flattener, rng: ExportRange)
     if rng.count == 0:
         return base_schema()
     schemas = []
-    for start in probe_starts(rng):
-        ticks = await history.read(start, PROBE_TICKS, upto=rng.to_t)
+    size = _ticks_for(PROBE_BYTES, _mean_tick_bytes(history), PROBE_TICKS)
+    for start in probe_starts(rng, size):
+        ticks = await history.read(start, size, upto=rng.to_t)
         batch = await trio.to_thread.run_sync(flattener.flatten, ticks)
         schemas.append(batch.schema)
     return unify(schemas)
@@ -215,7 +230,8 @@ async def export_chunks(
         if head:
             exports.sent(0, len(head))
             yield head
-        t, batch = rng.from_t, FIRST_BATCH_TICKS
+        t = rng.from_t
+        batch = _ticks_for(BATCH_BYTES, _mean_tick_bytes(history), FIRST_BATCH_TICKS)
         while t <= rng.to_t:
             try:
                 ticks = await history.read(t, min(batch, rng.to_t - t + 1), upto=rng.to_t)
@@ -232,7 +248,7 @@ async def export_chunks(
                 ) from exc
             t = ticks[-1].t + 1
             size = sum(len(tick.raw) for tick in ticks)
-            batch = max(16, min(BATCH_TICKS, BATCH_BYTES * len(ticks) // max(size, 1)))
+            batch = _ticks_for(BATCH_BYTES, size / len(ticks), BATCH_TICKS)
             exports.sent(len(ticks), len(data))
             if data:
                 yield data
