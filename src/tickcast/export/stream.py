@@ -64,6 +64,9 @@ PROBES = 9  # samples spread over the range that decide a table's columns
 PROBE_TICKS = 256  # ticks per sample, at most
 PROBE_BYTES = 2**20  # ... and about this many bytes
 DEFAULT_TICK_BYTES = 2500  # the mean size assumed while nothing is in memory
+# Batches encoded at once, over all exports of a server: more exports wait their
+# turn instead of taking every core (and the GIL) from live clients.
+ENCODE_THREADS = 2
 
 
 class ExportAborted(TickcastError):
@@ -98,9 +101,10 @@ class ExportStatistics:
 
 
 class Exports:
-    """Counts exports as :func:`export_chunks` runs them."""
+    """Counts exports as :func:`export_chunks` runs them, and bounds their threads."""
 
     def __init__(self) -> None:
+        self.encoders = trio.CapacityLimiter(ENCODE_THREADS)
         self._running = self._started = self._completed = 0
         self._failed = self._cancelled = self._ticks = self._bytes = 0
         self._changed = trio.Event()
@@ -190,7 +194,13 @@ def _mean_tick_bytes(history: History) -> float:
     return st.ring_bytes / st.ring_ticks if st.ring_ticks else DEFAULT_TICK_BYTES
 
 
-async def probe_schema(history: History, flattener: Flattener, rng: ExportRange) -> pa.Schema:
+async def probe_schema(
+    history: History,
+    flattener: Flattener,
+    rng: ExportRange,
+    *,
+    limiter: trio.CapacityLimiter | None = None,
+) -> pa.Schema:
     """The columns of ``flattener``'s table over ``rng``, from ``PROBES`` samples.
 
     A member that appears only between the samples is found when its batch is
@@ -205,7 +215,7 @@ async def probe_schema(history: History, flattener: Flattener, rng: ExportRange)
     size = _ticks_for(PROBE_BYTES, _mean_tick_bytes(history), PROBE_TICKS)
     for start in probe_starts(rng, size):
         ticks = await history.read(start, size, upto=rng.to_t)
-        batch = await trio.to_thread.run_sync(flattener.flatten, ticks)
+        batch = await trio.to_thread.run_sync(flattener.flatten, ticks, limiter=limiter)
         schemas.append(batch.schema)
     return unify(schemas)
 
@@ -226,7 +236,8 @@ async def export_chunks(
     exports.opened()
     outcome = "cancelled"
     try:
-        head = await trio.to_thread.run_sync(encoder.begin)
+        encoders = exports.encoders
+        head = await trio.to_thread.run_sync(encoder.begin, limiter=encoders)
         if head:
             exports.sent(0, len(head))
             yield head
@@ -241,7 +252,7 @@ async def export_chunks(
                 got = f"t={ticks[0].t}" if ticks else "nothing"
                 raise ExportAborted(f"export aborted at t={t}: the history gave {got}")
             try:
-                data = await trio.to_thread.run_sync(encoder.encode, ticks)
+                data = await trio.to_thread.run_sync(encoder.encode, ticks, limiter=encoders)
             except SchemaDriftError as exc:
                 raise ExportAborted(
                     f"export aborted at t={t}: {exc}; export a shorter range"
@@ -252,7 +263,7 @@ async def export_chunks(
             exports.sent(len(ticks), len(data))
             if data:
                 yield data
-        tail = await trio.to_thread.run_sync(encoder.end)
+        tail = await trio.to_thread.run_sync(encoder.end, limiter=encoders)
         if tail:
             exports.sent(0, len(tail))
             yield tail

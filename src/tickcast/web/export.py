@@ -159,9 +159,11 @@ def install(app: Quart, service: Callable[[], Service]) -> None:
             headers["X-Tickcast-Truncated"] = "true"
         if request.method == "HEAD":  # the range without the work
             return Response(b"", content_type=CONTENT_TYPES[fmt], headers=headers)
+        exports = exports_of(svc)
         schema = None
         if fmt != "ndjson":
-            schema = await probe_schema(history, Flattener(table), rng)
+            flattener = Flattener(table)
+            schema = await probe_schema(history, flattener, rng, limiter=exports.encoders)
         metadata = {
             "tickcast.epoch": rng.epoch,
             "tickcast.table": table,
@@ -169,7 +171,7 @@ def install(app: Quart, service: Callable[[], Service]) -> None:
             "tickcast.to_t": str(rng.to_t),
         }
         encoder = encoder_for(fmt, table, schema, fields=params.fields, metadata=metadata)
-        chunks = export_chunks(history, rng, encoder, exports_of(svc))
+        chunks = export_chunks(history, rng, encoder, exports)
         response = Response(chunks, content_type=CONTENT_TYPES[fmt], headers=headers)
         response.timeout = None  # a long export is not a hang
         return response
