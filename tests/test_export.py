@@ -332,6 +332,21 @@ async def test_a_corrupt_record_mid_range_aborts_the_response(
     assert not out.exists()
 
 
+async def test_a_member_that_appears_between_the_samples_aborts_the_export(
+    tmp_path: Path, sim_raws: list[bytes]
+) -> None:
+    raws = list(sim_raws)
+    odd = unprobed_t()
+    raws[odd] = raws[odd].replace(b'"s":{', b'"s":{"surprise":1,', 1)
+    async with served(tmp_path, raws) as srv:
+        response, _ = await read_until_it_breaks(srv.url("/export?format=arrow"))
+        assert response.status_code == 200
+        assert exports_of(srv.service).statistics().failed == 1
+        # Exported on its own, the member is a column like any other.
+        alone = await get(srv.url(f"/export?format=arrow&from_t={odd}&to_t={odd}"))
+        assert read_table("arrow", alone.content).column("surprise").to_pylist() == [1]
+
+
 async def test_an_abort_under_a_stock_hypercorn_too(
     tmp_path: Path, sim_raws: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,7 @@ Invariants of :func:`export_chunks`:
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -44,6 +45,7 @@ __all__ = [
     "ExportRange",
     "ExportStatistics",
     "Exports",
+    "Outcome",
     "export_chunks",
     "probe_schema",
     "probe_starts",
@@ -67,6 +69,14 @@ DEFAULT_TICK_BYTES = 2500  # the mean size assumed while nothing is in memory
 # Batches encoded at once, over all exports of a server: more exports wait their
 # turn instead of taking every core (and the GIL) from live clients.
 ENCODE_THREADS = 2
+
+
+class Outcome(enum.Enum):
+    """How an export ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # an error aborted it (the response was cut off)
+    CANCELLED = "cancelled"  # the client went away
 
 
 class ExportAborted(TickcastError):
@@ -133,12 +143,11 @@ class Exports:
         self._ticks += ticks
         self._bytes += nbytes
 
-    def closed(self, outcome: str) -> None:
-        """An export ended: ``completed``, ``failed`` or ``cancelled``."""
+    def closed(self, outcome: Outcome) -> None:
         self._running -= 1
-        if outcome == "completed":
+        if outcome is Outcome.COMPLETED:
             self._completed += 1
-        elif outcome == "failed":
+        elif outcome is Outcome.FAILED:
             self._failed += 1
         else:
             self._cancelled += 1
@@ -234,7 +243,7 @@ async def export_chunks(
             prefix of the file, which must not be passed on as complete.
     """
     exports.opened()
-    outcome = "cancelled"
+    outcome = Outcome.CANCELLED
     try:
         encoders = exports.encoders
         head = await trio.to_thread.run_sync(encoder.begin, limiter=encoders)
@@ -261,21 +270,23 @@ async def export_chunks(
             size = sum(len(tick.raw) for tick in ticks)
             batch = _ticks_for(BATCH_BYTES, size / len(ticks), BATCH_TICKS)
             exports.sent(len(ticks), len(data))
+            del ticks  # one batch alive at a time: not this one while the next is read
             if data:
                 yield data
+            del data
         tail = await trio.to_thread.run_sync(encoder.end, limiter=encoders)
         if tail:
             exports.sent(0, len(tail))
             yield tail
-        outcome = "completed"
+        outcome = Outcome.COMPLETED
     except (trio.Cancelled, GeneratorExit):
         raise
     except ExportAborted as exc:
-        outcome = "failed"
+        outcome = Outcome.FAILED
         log.error("%s", exc)
         raise
     except Exception:
-        outcome = "failed"
+        outcome = Outcome.FAILED
         log.exception("export of t=%d..%d failed", rng.from_t, rng.to_t)
         raise
     finally:
