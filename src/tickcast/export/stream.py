@@ -4,18 +4,19 @@
 
     resolve_range()   the ticks the request names, clamped to what is published
     probe_schema()    the table's columns, from samples spread over the range
-    export_chunks()   batches of BATCH_TICKS: History.read -> encoder (worker thread)
+    export_chunks()   batches: History.read -> encoder (worker thread), pipelined
 
 Everything before :func:`export_chunks` happens before the response starts, so a
 bad request or a corrupt record there is still an HTTP error with a JSON body.
 
 Invariants of :func:`export_chunks`:
 
-* memory is bounded by one batch (read, flattened, encoded), whatever the range;
-* each batch's CPU work (flattening, encoding) runs in a worker thread, one at a
-  time, so live clients on the event loop are not held up; cancellation (the
-  client went away) waits for at most the batch in hand, then nothing is left
-  running: no task, no thread;
+* memory is bounded by two batches (one encoded while the next is read),
+  whatever the range;
+* each batch's CPU work (flattening, encoding) runs in a worker thread (at most
+  ``ENCODE_THREADS`` at once per server), so live clients on the event loop are
+  not held up; cancellation (the client went away) waits for at most the work in
+  hand, then nothing is left running: no task, no thread;
 * the ticks exported are exactly ``from_t .. to_t``: a tick missing on the way
   (retention deleted it, an edge's ``history_url`` failed) or a corrupt record
   raises :class:`ExportAborted` after the bytes already sent, so the caller can
@@ -27,8 +28,9 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 import trio
@@ -38,6 +40,7 @@ from tickcast.export.formats import Encoder
 from tickcast.export.params import ExportParams
 from tickcast.export.tables import Flattener, SchemaDriftError, base_schema, unify
 from tickcast.storage.history import History
+from tickcast.tick import EncodedTick
 
 __all__ = [
     "BATCH_TICKS",
@@ -229,13 +232,70 @@ async def probe_schema(
     return unify(schemas)
 
 
+async def _read(history: History, t: int, n: int, to_t: int) -> list[EncodedTick]:
+    """Ticks ``t .. t + n - 1`` (fewer at most at the end of a file), exactly from ``t``.
+
+    Raises:
+        ExportAborted: a corrupt record, or the history no longer starts at ``t``.
+    """
+    try:
+        ticks = await history.read(t, n, upto=to_t)
+    except StoreError as exc:  # CorruptRecordError among them
+        raise ExportAborted(f"export aborted at t={t}: {exc}") from exc
+    if not ticks or ticks[0].t != t:
+        got = f"t={ticks[0].t}" if ticks else "nothing"
+        raise ExportAborted(f"export aborted at t={t}: the history gave {got}")
+    return ticks
+
+
+async def _encode_while_reading(
+    encode: Callable[[], Awaitable[bytes]],
+    read: Callable[[], Awaitable[list[EncodedTick]]] | None,
+) -> tuple[bytes, list[EncodedTick] | ExportAborted | None]:
+    """``encode()`` (a batch) and ``read()`` (the next one) at the same time.
+
+    The encoding runs in a worker thread and the read mostly in another, so a
+    second core, when there is one, cuts an export's wall time; the server's CPU
+    per tick is the same. Cancellation waits for both threads' work in hand.
+
+    Returns:
+        The encoded bytes, and the next batch, or the read's failure (to raise once
+        the bytes before it are sent), or None (``read`` None: nothing follows).
+
+    Raises:
+        ExportAborted: ``encode`` failed.
+    """
+    if read is None:
+        return await encode(), None
+    data: list[bytes] = []
+    failed: list[ExportAborted] = []
+
+    async def encoding() -> None:
+        try:
+            data.append(await encode())
+        except ExportAborted as exc:
+            failed.append(exc)
+
+    following: list[EncodedTick] | ExportAborted
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(encoding)
+        try:
+            following = await read()
+        except ExportAborted as exc:
+            following = exc
+    if failed:
+        raise failed[0]
+    return data[0], following
+
+
 async def export_chunks(
     history: History, rng: ExportRange, encoder: Encoder, exports: Exports
 ) -> AsyncIterator[bytes]:
     """The bytes of the export of ``rng``, one chunk per batch (empty chunks skipped).
 
-    On cancellation (the client disconnected) it stops once the batch in hand is
-    encoded: no thread and no task outlives it.
+    Batch k is encoded while batch k + 1 is read; at most these two are in memory.
+    On cancellation (the client disconnected) it stops once the work in hand is
+    done: no thread and no task outlives it.
 
     Raises:
         ExportAborted: a tick of the range is missing or corrupt, or a batch does not
@@ -244,36 +304,30 @@ async def export_chunks(
     """
     exports.opened()
     outcome = Outcome.CANCELLED
+    encoders = exports.encoders
     try:
-        encoders = exports.encoders
         head = await trio.to_thread.run_sync(encoder.begin, limiter=encoders)
         if head:
             exports.sent(0, len(head))
             yield head
-        t = rng.from_t
-        batch = _ticks_for(BATCH_BYTES, _mean_tick_bytes(history), FIRST_BATCH_TICKS)
-        while t <= rng.to_t:
-            try:
-                ticks = await history.read(t, min(batch, rng.to_t - t + 1), upto=rng.to_t)
-            except StoreError as exc:  # CorruptRecordError among them
-                raise ExportAborted(f"export aborted at t={t}: {exc}") from exc
-            if not ticks or ticks[0].t != t:
-                got = f"t={ticks[0].t}" if ticks else "nothing"
-                raise ExportAborted(f"export aborted at t={t}: the history gave {got}")
-            try:
-                data = await trio.to_thread.run_sync(encoder.encode, ticks, limiter=encoders)
-            except SchemaDriftError as exc:
-                raise ExportAborted(
-                    f"export aborted at t={t}: {exc}; export a shorter range"
-                ) from exc
+        t, end = rng.from_t, rng.to_t
+        first = _ticks_for(BATCH_BYTES, _mean_tick_bytes(history), FIRST_BATCH_TICKS)
+        ticks = await _read(history, t, min(first, end - t + 1), end) if t <= end else None
+        while ticks is not None:
             t = ticks[-1].t + 1
             size = sum(len(tick.raw) for tick in ticks)
-            batch = _ticks_for(BATCH_BYTES, size / len(ticks), BATCH_TICKS)
+            n = min(_ticks_for(BATCH_BYTES, size / len(ticks), BATCH_TICKS), end - t + 1)
+            read = partial(_read, history, t, n, end) if t <= end else None
+            encode = partial(_encode, encoder, ticks, encoders)
+            data, following = await _encode_while_reading(encode, read)
             exports.sent(len(ticks), len(data))
-            del ticks  # one batch alive at a time: not this one while the next is read
+            del encode, read  # the batch just encoded is dropped before its bytes are sent
             if data:
                 yield data
             del data
+            if isinstance(following, ExportAborted):
+                raise following
+            ticks = following
         tail = await trio.to_thread.run_sync(encoder.end, limiter=encoders)
         if tail:
             exports.sent(0, len(tail))
@@ -291,3 +345,14 @@ async def export_chunks(
         raise
     finally:
         exports.closed(outcome)
+
+
+async def _encode(
+    encoder: Encoder, ticks: list[EncodedTick], limiter: trio.CapacityLimiter
+) -> bytes:
+    try:
+        return await trio.to_thread.run_sync(encoder.encode, ticks, limiter=limiter)
+    except SchemaDriftError as exc:
+        raise ExportAborted(
+            f"export aborted at t={ticks[0].t}: {exc}; export a shorter range"
+        ) from exc
