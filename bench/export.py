@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=5_000, help="distinct tick bodies")
     parser.add_argument("--paged-ticks", type=int, default=100_000, help="range of (a)")
     parser.add_argument("--formats", default="ndjson,csv,arrow,parquet")
+    parser.add_argument("--no-dataframe", action="store_true", help="server figures only")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
 
@@ -190,7 +191,7 @@ def run(server: Server, args: argparse.Namespace) -> None:
     print(f"{'format':8} {'table':8} {'ticks/s':>10} {'wall s':>7} {'B/tick':>8} "
           f"{'1st byte':>9} {'RSS +MB':>8}")  # fmt: skip
     cells = [(fmt, "agents") for fmt in args.formats.split(",")]
-    cells += [("parquet", "ticks")]
+    cells += [("parquet", "ticks")] if "parquet" in args.formats else []
     for fmt, table in cells:
         rate, wall, nbytes, growth, first = export_once(server, f"format={fmt}&table={table}", n)
         shown = "-" if fmt == "ndjson" else table
@@ -199,6 +200,8 @@ def run(server: Server, args: argparse.Namespace) -> None:
             f"{first * 1e3:>7.0f}ms {growth:>8.1f}"
         )
 
+    if args.no_dataframe:
+        return
     print("\nan analyst's pandas DataFrame of the agents table")
     paged = min(n, args.paged_ticks)
     a_s, a_rows = paged_dataframe(server.url(""), paged)

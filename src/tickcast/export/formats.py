@@ -84,7 +84,7 @@ class NdjsonEncoder:
         if not ticks:
             return b""
         fields = self._fields
-        return b"\n".join([tick.view(fields) for tick in ticks]) + b"\n"
+        return b"\n".join([*(tick.view(fields) for tick in ticks), b""])  # one copy
 
     def end(self) -> bytes:
         return b""

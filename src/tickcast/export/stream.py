@@ -63,7 +63,7 @@ log = logging.getLogger("tickcast.export")
 # the first bytes leave at once. Ingested ticks may be large (up to 16 MiB each):
 # counts alone would not bound memory.
 BATCH_TICKS = 4096
-BATCH_BYTES = 4 * 2**20
+BATCH_BYTES = 2 * 2**20
 FIRST_BATCH_TICKS = 256
 PROBES = 9  # samples spread over the range that decide a table's columns
 PROBE_TICKS = 256  # ticks per sample, at most
