@@ -4,3 +4,5 @@
 them, ``params`` reads the query; ``stream`` (trio) drives a whole export in
 bounded batches. ``docs/export.md`` is the user's guide.
 """
+
+__all__: list[str] = []
