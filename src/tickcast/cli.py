@@ -112,7 +112,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="when ticks are lost to retention or a history reset: stop with an error, "
         "or carry on [default: raise]",
     )
+    _add_export(commands)
     return parser
+
+
+def _add_export(commands: Any) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a range of history to a file (Parquet, Arrow, CSV or NDJSON)",
+        description="Download ticks FROM..TO (both inclusive) of a tickcast server's history "
+        "into a file, with a progress line on stderr. A failure exits non-zero and leaves no "
+        "file. See docs/export.md.",
+    )
+    export.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
+    export.add_argument(
+        "--from-t", type=int, default=None, help="the first t [default: the oldest kept]"
+    )
+    export.add_argument(
+        "--to-t", type=int, default=None, help="the last t, inclusive [default: the latest]"
+    )
+    export.add_argument(
+        "--table",
+        choices=["ticks", "agents", "actions", "matches"],
+        default="ticks",
+        help="the flat table to write (not for ndjson) [default: ticks]",
+    )
+    export.add_argument(
+        "--format",
+        choices=["parquet", "arrow", "csv", "ndjson"],
+        default=None,
+        help="[default: from the file's extension, else parquet]",
+    )
+    export.add_argument(
+        "--token",
+        default=os.environ.get("TICKCAST_READ_TOKEN"),
+        help="read token [default: $TICKCAST_READ_TOKEN]",
+    )
+    export.add_argument("-o", "--output", required=True, help="the file to write")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _publish(args)
     if command == "tail":
         return _tail(args)
+    if command == "export":
+        return _export(args)
     level = args.pop("log_level")
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -192,6 +230,37 @@ def _tail(args: dict[str, Any]) -> int:
     except (TickcastError, ValueError) as exc:
         print(f"tickcast: error: {exc}", file=sys.stderr)
         return 1
+
+
+_EXTENSIONS = {".parquet": "parquet", ".arrow": "arrow", ".arrows": "arrow", ".csv": "csv"}
+_EXTENSIONS |= {".ndjson": "ndjson", ".jsonl": "ndjson"}
+
+
+def _export(args: dict[str, Any]) -> int:
+    from pathlib import Path
+
+    from .client.download import run_export
+
+    out = Path(args["output"])
+    fmt = args["format"] or _EXTENSIONS.get(out.suffix.lower(), "parquet")
+    try:
+        run_export(
+            args["url"],
+            out,
+            from_t=args["from_t"],
+            to_t=args["to_t"],
+            table=args["table"],
+            fmt=fmt,
+            token=args["token"],
+            progress=sys.stderr,
+        )
+    except KeyboardInterrupt:
+        print("tickcast: interrupted; no file written", file=sys.stderr)
+        return 130
+    except (TickcastError, ValueError, OSError) as exc:
+        print(f"tickcast: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
         ├── StreamClosedError  the server closed the stream with a code a retry cannot fix
         ├── BadMessageError    the server sent something the client cannot follow
         ├── NoProgressError    the server keeps answering without moving the stream on
+        ├── ExportAbortedError an export (Client.table, tickcast export) broke off mid-way
         └── GapError           resuming would skip ticks (unless on_gap="continue")
             ├── TruncatedError     retention deleted ticks the client still needed
             └── EpochChangedError  the history was reset: a new epoch
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "CorruptRecordError",
     "EpochChangedError",
+    "ExportAbortedError",
     "GapError",
     "NoProgressError",
     "RefusedError",
@@ -149,6 +151,11 @@ class NoProgressError(ClientError):
         self.next_t = next_t
         self.attempts = attempts
         self.detail = detail
+
+
+class ExportAbortedError(ClientError):
+    """An export broke off before its end: the server stopped it (a corrupt record; its
+    log says which) or the connection failed. Nothing of what arrived is handed out."""
 
 
 class GapError(ClientError):

@@ -12,13 +12,12 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-_HEAD = re.compile(rb'^\{"type":"tick","t":(\d+),"ts":([0-9.eE+-]+)[,}]')
+from tickcast.wire import read_head
 
 __all__ = [
     "HEAD_KEYS",
@@ -62,21 +61,6 @@ def parse_fields(text: str | None) -> Fields:
             raise ValueError(f"unknown field {name!r}; choose from {','.join(OPTIONAL_KEYS)}")
     chosen = tuple(k for k in OPTIONAL_KEYS if k in names)
     return None if len(chosen) == len(OPTIONAL_KEYS) else chosen
-
-
-def read_head(raw: bytes) -> tuple[int, float] | None:
-    """``(t, ts)`` read off the head of a tick's JSON (keys ``type, t, ts`` first).
-
-    ``raw`` may be just the first bytes of a record. None when they do not start
-    ``{"type":"tick","t":N,"ts":X`` followed by ``,`` or ``}`` (a cut number does not match).
-    """
-    m = _HEAD.match(raw)
-    if m is None:
-        return None
-    try:
-        return int(m.group(1)), float(m.group(2))
-    except ValueError:  # "1.2.3" matches the character class but is no number
-        return None
 
 
 def encode_message(obj: dict[str, Any]) -> bytes:

@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -37,6 +38,7 @@ __all__ = [
     "MessageType",
     "Ping",
     "Pong",
+    "read_head",
 ]
 
 # -- limits ----------------------------------------------------------------------------
@@ -131,3 +133,26 @@ class Ping(msgspec.Struct, tag=MessageType.PING.value, tag_field="type"):
     """The only client message; `id` (any JSON value) is echoed in the `pong`."""
 
     id: Any | UnsetType = UNSET
+
+
+# -- the head of a tick ---------------------------------------------------------------------
+
+# A tick's JSON starts with its keys ``type, t, ts`` in that order (docs/protocol.md,
+# "tick"), so a reader can take ``t`` and ``ts`` off the first bytes of a message, a
+# stored line or an export line without parsing the rest.
+_HEAD = re.compile(rb'^\{"type":"tick","t":(\d+),"ts":([0-9.eE+-]+)[,}]')
+
+
+def read_head(raw: bytes) -> tuple[int, float] | None:
+    """``(t, ts)`` read off the head of a tick's JSON (keys ``type, t, ts`` first).
+
+    ``raw`` may be just the first bytes of a record. None when they do not start
+    ``{"type":"tick","t":N,"ts":X`` followed by ``,`` or ``}`` (a cut number does not match).
+    """
+    m = _HEAD.match(raw)
+    if m is None:
+        return None
+    try:
+        return int(m.group(1)), float(m.group(2))
+    except ValueError:  # "1.2.3" matches the character class but is no number
+        return None

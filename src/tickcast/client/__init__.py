@@ -10,6 +10,7 @@
     async for tick in c.astream(from_t=120_000):  # the same under trio or asyncio
         ...
     ticks = c.history(from_t=0, to_t=5_000)        # ticks 0..4999, paging /incremental
+    agents = c.table(0, 5_000, table="agents")     # the same range as a pyarrow.Table
 
 Modules, in the order a tick passes them: ``websocket`` (bytes: anyio + wsproto),
 ``cursor`` (every decision: position, gaps, close codes, backoff; plain Python),
@@ -23,6 +24,7 @@ from ..errors import (
     BadMessageError,
     ClientError,
     EpochChangedError,
+    ExportAbortedError,
     GapError,
     NoProgressError,
     RefusedError,
@@ -37,6 +39,7 @@ __all__ = [
     "Client",
     "ClientError",
     "EpochChangedError",
+    "ExportAbortedError",
     "GapError",
     "NoProgressError",
     "OnGap",

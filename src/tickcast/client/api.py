@@ -6,8 +6,14 @@ import math
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import aclosing
 from functools import partial
+from typing import TYPE_CHECKING
 
 from anyio.from_thread import start_blocking_portal
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .table import TableName
 
 from .blocking import BACKEND, iterate_blocking
 from .cursor import Tick
@@ -157,6 +163,39 @@ class Client:
         """The blocking twin of :meth:`ahistory` (same arguments, same result)."""
         with start_blocking_portal(BACKEND) as portal:
             return portal.call(partial(self.ahistory, from_t, to_t, from_ts=from_ts))
+
+    async def atable(
+        self, from_t: int = 0, to_t: int | None = None, table: TableName = "ticks"
+    ) -> pa.Table:
+        """The flat ``table`` of the ticks with ``from_t <= t < to_t``, as a ``pyarrow.Table``.
+
+        One ``GET /export`` streamed as Arrow (``docs/export.md``): ``table`` is
+        ``"ticks"`` (``t``, ``ts``, one column per member of ``s``) or ``"agents"``,
+        ``"actions"``, ``"matches"`` (one row per element, ``t`` and ``ts`` first).
+        ``to_t`` is exclusive, as in :meth:`history`; None: up to the latest tick.
+        Then ``.to_pandas()``, ``polars.from_arrow(...)`` or DuckDB.
+
+        Raises:
+            TruncatedError: ``from_t`` is older than the oldest tick kept
+                (``on_gap="raise"``; with ``"continue"`` the table starts at ``oldest_t``).
+            RefusedError: 400 (bad option), 401 (token), 500 (a corrupt record).
+            ExportAbortedError: the export broke off mid-way (a corrupt record).
+            ValueError: ``from_t`` or ``to_t`` negative, ``to_t < from_t``, unknown table.
+        """
+        _check_t("from_t", from_t)
+        _check_t("to_t", to_t)
+        if to_t is not None and to_t < from_t:
+            raise ValueError(f"to_t: must be >= from_t ({from_t}), got {to_t}")
+        from .table import fetch_table  # pyarrow is imported by the first table only
+
+        return await fetch_table(self.settings, from_t, to_t, table)
+
+    def table(
+        self, from_t: int = 0, to_t: int | None = None, table: TableName = "ticks"
+    ) -> pa.Table:
+        """The blocking twin of :meth:`atable` (same arguments, same result)."""
+        with start_blocking_portal(BACKEND) as portal:
+            return portal.call(self.atable, from_t, to_t, table)
 
 
 def _check_t(name: str, t: int | None) -> None:

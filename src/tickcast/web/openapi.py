@@ -155,11 +155,16 @@ def answers(*statuses: int) -> Callable[[F], F]:
     return decorator
 
 
-def page(*content_types: str, description: str) -> Callable[[F], F]:
-    """Document a 200 whose body is not JSON, in any of ``content_types``."""
+def page(
+    *content_types: str, description: str, headers: dict[str, tuple[str, str]] | None = None
+) -> Callable[[F], F]:
+    """Document a 200 whose body is not JSON, in any of ``content_types``.
+
+    ``headers``: response headers of the 200, ``{name: (JSON type, description)}``.
+    """
 
     def decorator(func: F) -> F:
-        setattr(func, _PAGE, (content_types, description))
+        setattr(func, _PAGE, (content_types, description, headers or {}))
         return func
 
     return decorator
@@ -246,7 +251,8 @@ def _with_error(documented: dict[str, Any] | None, status: int) -> dict[str, Any
 
 
 def _page_schema(content_type: str) -> dict[str, Any]:
-    return {"type": "object"} if content_type.endswith("json") else {"type": "string"}
+    json = content_type == "application/json" or content_type.endswith("+json")
+    return {"type": "object"} if json else {"type": "string"}
 
 
 def _openapi_json_path() -> dict[str, Any]:
@@ -307,7 +313,9 @@ class Provider(OpenAPIProvider):
         func = self._app.view_functions[rule.endpoint]
         # 400 everywhere: an unknown query parameter is refused on every route.
         statuses: tuple[int, ...] = (*getattr(func, _ANSWERS, ()), 400, 500)
-        page_doc: tuple[tuple[str, ...], str] | None = getattr(func, _PAGE, None)
+        page_doc: tuple[tuple[str, ...], str, dict[str, tuple[str, str]]] | None = getattr(
+            func, _PAGE, None
+        )
         body: tuple[Any, str] | None = getattr(func, _BODY, None)
         request_body: dict[str, Any] | None = None
         if body is not None:
@@ -319,9 +327,14 @@ class Provider(OpenAPIProvider):
             for method, operation in list(item.items()):
                 responses = {str(k): dict(v) for k, v in operation["responses"].items()}
                 if page_doc is not None:
-                    types, description = page_doc
+                    types, description, headers = page_doc
                     content = {t: {"schema": _page_schema(t)} for t in types}
                     responses["200"] = {"description": description, "content": content}
+                    if headers:
+                        responses["200"]["headers"] = {
+                            name: {"description": text, "schema": {"type": type_}}
+                            for name, (type_, text) in headers.items()
+                        }
                 for code in statuses:
                     responses[str(code)] = _with_error(responses.get(str(code)), code)
                 for key, response in responses.items():
