@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -592,3 +593,15 @@ async def test_an_edge_exports_what_it_holds_and_older_ticks_from_history_url(
             assert oldest > 0
             lines = [orjson.loads(line)["t"] for line in cut.content.splitlines()]
             assert lines == list(range(oldest, 601))
+
+
+# -- what serving carries ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["tickcast.server", "tickcast.asgi", "tickcast.client"])
+def test_serving_and_the_client_import_no_pyarrow_until_an_export(module: str) -> None:
+    # pyarrow is ~70 MB of RSS: a server that never exports, and a client that only
+    # streams, must not carry it (the route and Client.table() import it on first use).
+    code = f"import sys, {module}; print('pyarrow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -15,18 +15,20 @@ lines themselves.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol, get_args
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 
-from tickcast.export.tables import Flattener, TableName, conform, to_text
+from tickcast.export.params import CONTENT_TYPES, EXTENSIONS, FORMATS, FormatName, TableName
+from tickcast.export.tables import Flattener, conform, to_text
 from tickcast.tick import EncodedTick, Fields
 
 __all__ = [
     "CONTENT_TYPES",
+    "EXTENSIONS",
     "FORMATS",
     "Encoder",
     "FormatName",
@@ -35,20 +37,6 @@ __all__ = [
     "encoder_for",
 ]
 
-FormatName = Literal["ndjson", "csv", "arrow", "parquet"]
-FORMATS: tuple[FormatName, ...] = get_args(FormatName)
-CONTENT_TYPES: dict[FormatName, str] = {
-    "ndjson": "application/x-ndjson",
-    "csv": "text/csv; charset=utf-8",
-    "arrow": "application/vnd.apache.arrow.stream",
-    "parquet": "application/vnd.apache.parquet",
-}
-EXTENSIONS: dict[FormatName, str] = {
-    "ndjson": "ndjson",
-    "csv": "csv",
-    "arrow": "arrows",
-    "parquet": "parquet",
-}
 # Parquet: batches are gathered into row groups of at least this many rows (a row
 # group per batch of the narrow ticks table would be ~4k rows, too small to compress
 # well); a batch of the list tables is larger than this on its own.

@@ -34,7 +34,7 @@ Columns (invariants of every batch handed out):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, get_args
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from tickcast.errors import TickcastError
+from tickcast.export.params import TABLES, TableName
 from tickcast.tick import EncodedTick
 
 __all__ = [
@@ -55,8 +56,6 @@ __all__ = [
     "unify",
 ]
 
-TableName = Literal["ticks", "agents", "actions", "matches"]
-TABLES: tuple[TableName, ...] = get_args(TableName)
 
 _HEAD = b'{"type":"tick",'
 _SECTIONS = ("s", "agents", "actions", "matches")

@@ -15,7 +15,7 @@ reports an incomplete body instead of a short file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from weakref import WeakKeyDictionary
 
 import msgspec
@@ -26,14 +26,14 @@ from quart import Quart, Response, request
 from quart_schema import document_querystring, security_scheme
 
 from tickcast.errors import error_body
-from tickcast.export.formats import CONTENT_TYPES, EXTENSIONS, encoder_for
-from tickcast.export.params import KNOWN_PARAMS, parse_export_params
-from tickcast.export.stream import Exports, export_chunks, probe_schema, resolve_range
-from tickcast.export.tables import Flattener
+from tickcast.export.params import CONTENT_TYPES, EXTENSIONS, KNOWN_PARAMS, parse_export_params
 from tickcast.service import Service
 from tickcast.transports.intake import authorize
 from tickcast.web import schemas
 from tickcast.web.openapi import READ_ACCESS, answers, page, takes_query
+
+if TYPE_CHECKING:
+    from tickcast.export.stream import Exports
 
 __all__ = ["EXPORT_HEADERS", "ExportQuery", "exports_of", "install"]
 
@@ -95,10 +95,15 @@ _DESCRIPTION = (
 )
 
 _exports: WeakKeyDictionary[Service, Exports] = WeakKeyDictionary()
+# The export machinery (pyarrow: ~70 MB of RSS and ~0.1 s to import) is imported by
+# the first export, inside the route, so that a server that never exports does not
+# carry it; tests/test_export.py checks that serving imports no pyarrow.
 
 
 def exports_of(service: Service) -> Exports:
     """The export counters of ``service`` (created, and added to its /metrics, on first use)."""
+    from tickcast.export.stream import Exports
+
     exports = _exports.get(service)
     if exports is None:
         exports = _exports[service] = Exports()
@@ -135,6 +140,10 @@ def install(app: Quart, service: Callable[[], Service]) -> None:
     @takes_query(*KNOWN_PARAMS)
     async def export() -> Response:
         """Any range of history as NDJSON, CSV, Arrow or Parquet, streamed."""
+        from tickcast.export.formats import encoder_for  # see _exports: on first use
+        from tickcast.export.stream import export_chunks, probe_schema, resolve_range
+        from tickcast.export.tables import Flattener
+
         svc = service()
         authorize(
             svc.config.read_token, request.args, authorization=request.headers.get("authorization")
