@@ -94,7 +94,8 @@ class Config:
         default=None,
         metadata=_opt("token required by /ws/stream, /incremental and / (none: reading is open)"),
     )
-    # Log
+    # Log. At the defaults (10 ticks/s of ~2.5 KB), the ring holds ~17 min of ticks in
+    # ~25 MB, and a segment fills in ~45 min; retention is off: the disk is the limit.
     data_dir: Path = field(default=Path("segments"), metadata=_opt("segment directory"))
     ring_size: int = field(default=10_000, metadata=_opt("ticks kept in memory"))
     segment_bytes: int = field(
@@ -103,7 +104,8 @@ class Config:
     retain_bytes: int = field(default=0, metadata=_opt("keep at most this many bytes (0: all)"))
     retain_s: float = field(default=0.0, metadata=_opt("keep segments this many seconds (0: all)"))
     fsync: FsyncPolicy = field(default="interval", metadata=_opt("always, interval (1 s) or never"))
-    # Stream
+    # Stream. A client declares a connection dead after two silent heartbeat periods
+    # (docs/protocol.md), so heartbeat_s also sets how fast a dead link is noticed.
     heartbeat_s: float = field(default=30.0, metadata=_opt("seconds between heartbeats"))
     max_lag: int | None = field(
         default=None, metadata=_opt("ticks a client may lag before 4008 (default: ring size)")
@@ -113,7 +115,8 @@ class Config:
         default=10.0,
         metadata=_opt("seconds a closing client gets to take its last bytes before a reset"),
     )
-    # Limits
+    # Limits. Each connection costs one file descriptor (web/descriptors.py raises the
+    # soft limit at start-up and warns if it is still below max_connections).
     max_connections: int = field(default=10_000, metadata=_opt("WebSocket connections in all"))
     max_connections_per_ip: int = field(default=100, metadata=_opt("WebSocket connections per IP"))
     trusted_proxies: tuple[Network, ...] = field(
