@@ -44,21 +44,31 @@ __all__ = ["LISTENER_VARIABLES", "app", "quart_app"]
 
 log = logging.getLogger("tickcast.asgi")
 
+# Built at import, as an ASGI server expects `module:app` to be ready; the service is
+# attached to it later, in the lifespan, once the settings have been read.
 quart_app = create_app()
 
 LISTENER_VARIABLES = ("TICKCAST_HOST", "TICKCAST_PORT", "TICKCAST_REUSE_PORT")
 """Settings of ``tickcast serve``'s own listener, which Hypercorn's ``--bind`` replaces."""
 
+# ASGI's messages are plain dicts; Hypercorn's own types are not imported here (only
+# web/hypercorn_bridge.py may import Hypercorn).
 Scope = dict[str, Any]
 
 
 def _exit(message: str, status: int) -> NoReturn:
-    """Print ``tickcast: error: message`` on stderr and end the process with ``status``."""
+    """Print ``tickcast: error: message`` on stderr and end the process with ``status``.
+
+    ``os._exit``, not ``sys.exit``: the process must end now with this status, not
+    raise an exception that Hypercorn would report as a traceback and a clean exit
+    (the module docstring).
+    """
     print(f"tickcast: error: {message}", file=sys.stderr, flush=True)
     os._exit(status)
 
 
 def _warn_listener_variables() -> None:
+    """Warn about each listener setting that Hypercorn's ``--bind`` overrides."""
     for name in LISTENER_VARIABLES:
         if name in os.environ:
             log.warning(
@@ -70,6 +80,9 @@ def _warn_listener_variables() -> None:
 
 
 def _check_worker_class() -> None:
+    """Exit (status 2) unless running under trio: the service is built on trio."""
+    # Under the asyncio or uvloop worker there is no trio token; a clear message beats
+    # the error the first trio call would raise deep in the assembly.
     try:
         trio.lowlevel.current_trio_token()
     except RuntimeError:
@@ -81,7 +94,14 @@ def _check_worker_class() -> None:
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
-    """Answer Hypercorn's lifespan: run the assembly from startup to shutdown."""
+    """Answer Hypercorn's lifespan: run the assembly from startup to shutdown.
+
+    This call lives as long as the server: the assembly's nurseries (writer, source,
+    appender) are its children, so they end when it returns. A failure before
+    ``startup.complete`` ends the process with a one-line error (the module
+    docstring); a failure while serving is logged and reported to Hypercorn as
+    ``lifespan.shutdown.failed``.
+    """
     message = await receive()
     assert message["type"] == "lifespan.startup"
     _warn_listener_variables()
@@ -104,6 +124,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
     if failure is None:
         await send({"type": "lifespan.shutdown.complete"})
         return
+    # The nurseries wrap errors in groups; report the leaves, not the group's repr.
     errors = leaves(failure)
     if started:
         log.error("tickcast failed while serving", exc_info=failure)
@@ -118,7 +139,11 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 
 async def app(scope: Scope, receive: Any, send: Any) -> None:
-    """The ASGI application: our lifespan, Quart for everything else."""
+    """The ASGI application: our lifespan, Quart for everything else.
+
+    Quart's own lifespan handler is replaced, not chained: the assembly runs the
+    app's startup and shutdown hooks itself, in its order.
+    """
     if scope["type"] == "lifespan":
         _check_worker_class()
         await _lifespan(receive, send)

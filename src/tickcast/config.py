@@ -4,6 +4,20 @@ Precedence: command-line flag, then environment variable, then the default.
 Unknown ``TICKCAST_`` variables and bad values raise :class:`ConfigError`
 naming the setting, so a typo stops start-up instead of being ignored
 (hypercorn's config is the counter-example).
+
+Owns: the names, defaults, ranges and help texts of every setting (the README's
+settings table documents the same list), their parsing from text, and the start-up
+log line that shows them. It does not own what a setting does: each consumer reads
+the frozen :class:`Config` it is handed.
+
+Invariants:
+
+* a :class:`Config` that exists is valid: every check runs in ``__post_init__``,
+  so no consumer re-checks a range, and a bad value never reaches a running server;
+* a setting's flag is ``--`` plus its name with dashes, its variable ``TICKCAST_``
+  plus its name in capitals; both are derived from the field, never listed by hand,
+  so adding a field adds both (``tests/test_config.py`` checks every one);
+* a token's value never appears in an error message or a log line.
 """
 
 from __future__ import annotations
@@ -30,10 +44,14 @@ __all__ = [
     "parse_bytes",
 ]
 
+# Every environment variable that starts with this is a setting or an error.
 ENV_PREFIX = "TICKCAST_"
 DEFAULT_AGENTS = 40  # simulated agents: a ~2.5 KB tick (docs/protocol.md: 1-5 KB)
 MiB = 2**20
 
+# What a power cut may take (docs/storage.md, "Durability"): nothing a client saw
+# (always: fdatasync before a tick is published), about a second (interval), or what
+# the OS had not flushed (never). A process crash takes nothing a client saw, whatever.
 FsyncPolicy = Literal["always", "interval", "never"]
 SourceKind = Literal["sim", "ingest"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,12 +59,24 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")  # what an Authorization: Bearer header can
 
 
 def _opt(help: str, **kw: Any) -> dict[str, Any]:
+    # A field's metadata: the one-line help that `--help` shows (with the default
+    # appended by add_arguments). Kept on the field so that a setting and its help
+    # cannot drift apart.
     return {"help": help, **kw}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    """Every setting of ``tickcast serve`` (the README's settings table)."""
+    """Every setting of ``tickcast serve`` (the README's settings table).
+
+    Keyword-only and frozen: built once at start-up (:func:`from_sources`, or
+    directly in tests) and shared read-only by every component. Fields are grouped
+    by the comment above them, in the order ``--help`` lists them. Units are in the
+    names (``_s`` seconds, ``_bytes`` bytes); sizes accept ``64MiB`` as text.
+
+    Raises:
+        ConfigError: at construction, naming the first bad setting and why.
+    """
 
     # Network
     host: str = field(default="127.0.0.1", metadata=_opt("address to listen on"))
@@ -64,7 +94,8 @@ class Config:
         default=None,
         metadata=_opt("token required by /ws/stream, /incremental and / (none: reading is open)"),
     )
-    # Log
+    # Log. At the defaults (10 ticks/s of ~2.5 KB), the ring holds ~17 min of ticks in
+    # ~25 MB, and a segment fills in ~45 min; retention is off: the disk is the limit.
     data_dir: Path = field(default=Path("segments"), metadata=_opt("segment directory"))
     ring_size: int = field(default=10_000, metadata=_opt("ticks kept in memory"))
     segment_bytes: int = field(
@@ -73,7 +104,8 @@ class Config:
     retain_bytes: int = field(default=0, metadata=_opt("keep at most this many bytes (0: all)"))
     retain_s: float = field(default=0.0, metadata=_opt("keep segments this many seconds (0: all)"))
     fsync: FsyncPolicy = field(default="interval", metadata=_opt("always, interval (1 s) or never"))
-    # Stream
+    # Stream. A client declares a connection dead after two silent heartbeat periods
+    # (docs/protocol.md), so heartbeat_s also sets how fast a dead link is noticed.
     heartbeat_s: float = field(default=30.0, metadata=_opt("seconds between heartbeats"))
     max_lag: int | None = field(
         default=None, metadata=_opt("ticks a client may lag before 4008 (default: ring size)")
@@ -83,7 +115,8 @@ class Config:
         default=10.0,
         metadata=_opt("seconds a closing client gets to take its last bytes before a reset"),
     )
-    # Limits
+    # Limits. Each connection costs one file descriptor (web/descriptors.py raises the
+    # soft limit at start-up and warns if it is still below max_connections).
     max_connections: int = field(default=10_000, metadata=_opt("WebSocket connections in all"))
     max_connections_per_ip: int = field(default=100, metadata=_opt("WebSocket connections per IP"))
     trusted_proxies: tuple[Network, ...] = field(
@@ -106,6 +139,9 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        # One table of (setting, ok, why): the message format is then the same for
+        # every setting, and the order of the table is the order faults are reported.
+        # The upper bounds are sanity limits (a typo of a few zeros), not capacities.
         checks: list[tuple[str, bool, str]] = [
             ("port", 0 <= self.port <= 65535, "must be 0..65535"),
             ("rate", 0 < self.rate <= 100_000, "must be > 0 and <= 100000"),
@@ -153,18 +189,31 @@ class Config:
 
     @property
     def lag_limit(self) -> int:
-        """The effective ``max_lag``: the ring size unless set."""
+        """The effective ``max_lag``: the ring size unless set.
+
+        The ring size by default: a client within the ring catches up from memory,
+        beyond it from the files (docs/architecture.md). A deep resume is not
+        refused for starting further back; see docs/protocol.md, "Slow clients".
+        """
         return self.ring_size if self.max_lag is None else self.max_lag
 
 
 # -- parsing ---------------------------------------------------------------------------
 
+# A number and an optional unit, case-insensitive: 64, 64k, 64KiB, 64kb, 64 M. Every
+# unit is binary (k = 1024), whatever its spelling: "MB" means MiB here.
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
 def parse_bytes(text: str) -> int:
-    """Parse ``65536``, ``64MiB``, ``64M`` or ``1g`` into a byte count (binary units)."""
+    """Parse ``65536``, ``64MiB``, ``64M`` or ``1g`` into a byte count (binary units).
+
+    Raises:
+        ValueError: not a whole number with an optional unit (``1.5g`` and negative
+            sizes are refused); :func:`from_sources` turns it into a ``ConfigError``
+            naming the setting.
+    """
     m = _SIZE.match(text)
     if not m:
         raise ValueError(f"not a size: {text!r}")
@@ -173,6 +222,8 @@ def parse_bytes(text: str) -> int:
 
 
 def _parse_bool(text: str) -> bool:
+    # Strict: a word outside both lists is an error, not False, so that
+    # TICKCAST_COMPRESSION=flase fails at start-up instead of turning compression on.
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
         return True
@@ -182,11 +233,15 @@ def _parse_bool(text: str) -> bool:
 
 
 def _parse_networks(text: str) -> tuple[Network, ...]:
+    # Addresses and CIDRs, comma-separated; a bare address is a /32 (or /128).
+    # strict=False accepts 10.0.0.1/8 as 10.0.0.0/8, as operators tend to write it.
     parts = [p.strip() for p in text.split(",") if p.strip()]
     return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
 
 
 def _parse_optional_str(text: str) -> str | None:
+    # "" and "none" mean unset, so that an environment can switch off a setting that a
+    # base environment (a container image) turned on.
     return None if text.strip().lower() in ("", "none") else text.strip()
 
 
@@ -195,6 +250,13 @@ def _parse_optional_int(text: str) -> int | None:
 
 
 def _parser_for(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    """The function that turns a setting's text (flag or variable) into its value.
+
+    Settings whose type says too little are listed by name; the rest follow their
+    annotation, which is a string here (``from __future__ import annotations``).
+    A new ``bool`` or optional setting must be added to ``by_name``: by its
+    annotation alone it would be parsed as a plain ``str`` (and ``"false"`` is true).
+    """
     by_name: dict[str, Callable[[str], Any]] = {
         "segment_bytes": parse_bytes,
         "retain_bytes": parse_bytes,
@@ -219,11 +281,19 @@ def _parser_for(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
 
 
 def _fields() -> tuple[dataclasses.Field[Any], ...]:
+    # In declaration order: --help, describe() and the checks all follow it.
     return dataclasses.fields(Config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting (defaults shown in ``--help``; values stay unparsed)."""
+    """Add one flag per setting (defaults shown in ``--help``; values stay unparsed).
+
+    Every flag defaults to None, not to the setting's default: None is how
+    :func:`from_sources` tells "not given" from "given", so that an unset flag lets
+    the environment through. For the same reason values stay text, parsed in one
+    place with the same error messages as the environment's. Booleans get a
+    ``--no-`` twin (``--no-compression``).
+    """
     defaults = Config()
     group = parser.add_argument_group("settings (each also TICKCAST_<NAME>)")
     for f in _fields():
@@ -257,6 +327,13 @@ def from_sources(
     Raises:
         ConfigError: an unknown ``TICKCAST_`` variable, or a bad value; the message
             names the flag or variable.
+
+    Args:
+        args: parsed flags (an ``argparse.Namespace`` from :func:`add_arguments`) or
+            a mapping of setting names to values; None values count as not given.
+            Text values are parsed, other values are taken as they are.
+        env: the environment (default: ``os.environ``). Names are matched exactly:
+            ``tickcast_port`` is an unknown setting, not ``port``.
     """
     env = os.environ if env is None else env
     given = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {})
@@ -288,7 +365,12 @@ def from_sources(
 
 
 def describe(config: Config) -> Sequence[str]:
-    """One ``name=value`` line per setting, secrets masked (for the start-up log)."""
+    """One ``name=value`` line per setting, secrets masked (for the start-up log).
+
+    Every setting, not only the changed ones: a log then shows what a server ran
+    with even after its defaults change. A set token shows as ``***``; an unset one
+    as ``None``, so the log still tells whether access is protected.
+    """
     out = []
     for f in _fields():
         value = getattr(config, f.name)

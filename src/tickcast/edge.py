@@ -22,6 +22,20 @@ The edge presents ``history_token`` (default: its ``read_token``) to
 ``history_url``; a 401/403 there is logged as an error and makes ``/health``
 503 ``degraded`` naming ``history_token``, and the producer's older ticks are
 not offered (a resume before the ring then gets ``truncated``, not a 4008 loop).
+
+Invariants:
+
+* the mirror and the hub see the same ticks in the same order: :meth:`Edge.on_ticks`
+  appends each tick to the mirror and publishes it before taking the next, so a
+  client that joins between two ticks finds in the ring every tick the hub has sent;
+* ticks from the producer's ``/incremental`` are offered only while the producer's
+  epoch (re-read every ``HEALTH_EVERY_S``) is the edge's: older ``t`` values of
+  another epoch name other ticks, and serving them would break a resume silently;
+* the follower awaits every sink call in turn (``scaleout/follower.py``), so the
+  ``on_*`` methods never run concurrently with each other.
+
+Cancellation: :meth:`Edge.run` owns the follower and the history refresher; cancelling
+it stops both and closes the HTTP client (shielded, so the sockets are not leaked).
 """
 
 from __future__ import annotations
@@ -47,7 +61,11 @@ __all__ = ["Edge", "ProducerHistory"]
 log = logging.getLogger("tickcast.edge")
 
 HEALTH_EVERY_S = 5.0  # how often the producer's oldest_t and epoch are re-read
+# Per request to history_url (connect, read, write and pool each): a producer that
+# hangs costs a reader at most this, then the edge answers from its ring alone.
 HTTP_TIMEOUT_S = 10.0
+# Why the edge stops rather than serving: the operator protected the producer, and an
+# open edge would undo that. Names the setting to change, as every start-up error does.
 UNPROTECTED_EDGE = (
     "setting 'read_token': the producer requires a read token (its Redis stream says so), "
     "and this edge has none, so it would serve the feed openly: set read_token"
@@ -63,6 +81,11 @@ class ProducerHistory:
     A 401/403 (to a read, or to the probe each refresh makes) is handed to
     ``report`` with a reason naming ``history_token``, once, and nothing is
     offered until an answer succeeds again (then ``report(None)``).
+
+    It is the mirror's :class:`~tickcast.storage.mirror.Backfill`: every failure
+    (network, timeout, HTTP error, a body that is not JSON) is logged and answered
+    as "unavailable" (``[]`` or None), never raised, so a producer that is down
+    makes a resume before the ring ``truncated`` instead of failing the stream.
     """
 
     def __init__(
@@ -85,10 +108,17 @@ class ProducerHistory:
 
     @property
     def _usable(self) -> bool:
+        # Both: the producer takes our token, and its epoch (from the last refresh)
+        # is the one the mirror serves.
         return self.refused is None and self._producer_epoch == self._mirror.epoch
 
     @property
     def oldest_t(self) -> int | None:
+        """The producer's oldest ``t`` as of the last refresh; None while not usable.
+
+        Stale by up to ``HEALTH_EVERY_S``: retention may have removed a few more
+        ticks since, which a read then simply does not return.
+        """
         return self._oldest_t if self._usable else None
 
     def _check_access(self, resp: httpx.Response) -> None:
@@ -111,6 +141,11 @@ class ProducerHistory:
                 self._report(None)
 
     async def read(self, from_t: int, limit: int) -> list[EncodedTick]:
+        """Up to ``limit`` ticks from ``from_t`` (one page, at most ``PAGE_LIMIT``).
+
+        One request, bounded by ``HTTP_TIMEOUT_S``; the caller pages. Cancellation
+        abandons the request. Failures are logged and give ``[]``.
+        """
         if self._producer_epoch != self._mirror.epoch:
             return []
         try:
@@ -128,6 +163,12 @@ class ProducerHistory:
         return [EncodedTick.from_stored(orjson.dumps(tick), tick["t"]) for tick in body["data"]]
 
     async def find_ts(self, ts: float) -> int | None:
+        """The producer's first ``t`` with ``ts`` at or after ``ts``; None: unavailable.
+
+        Asks ``/incremental?from_ts=`` for one tick and reads the ``from_t`` it
+        answers with, so the producer's own seek (over its segments) decides.
+        ``repr(ts)`` keeps every digit of the float.
+        """
         if not self._usable:
             return None
         try:
@@ -143,7 +184,13 @@ class ProducerHistory:
 
     async def refresh(self) -> None:
         """Re-read the producer's epoch and oldest ``t`` (errors leave them unknown), and
-        probe whether it takes our token (one tick of ``/incremental``)."""
+        probe whether it takes our token (one tick of ``/incremental``).
+
+        ``/health`` is open even on a protected producer, so the probe is what tells
+        a wrong ``history_token`` apart from a producer that is down. Never raises
+        for a network or decoding error: it logs and leaves the epoch unknown,
+        which stops the offering until the next refresh succeeds.
+        """
         try:
             resp = await self._client.get(f"{self._base}/health")
             health = orjson.loads(resp.content)
@@ -170,7 +217,16 @@ class ProducerHistory:
 
 
 class Edge:
-    """The edge's service and the sink its follower feeds (see the module docstring)."""
+    """The edge's service and the sink its follower feeds (see the module docstring).
+
+    Implements the follower's ``TickSink`` (``scaleout/follower.py``). Built once per
+    process by the assembly (``assembly.py``); :meth:`run` is started in the
+    service's nursery and the routes serve ``service`` exactly as on a producer.
+
+    Raises:
+        ValueError: ``config.redis_url`` is None (the assembly only builds an edge
+            with one, so this is a programming error, not a setting error).
+    """
 
     def __init__(self, config: Config) -> None:
         if config.redis_url is None:
@@ -192,6 +248,7 @@ class Edge:
         self.service.metrics.bind(self.statistics)
 
     def statistics(self) -> ServiceStatistics:
+        """The service's counters plus the edge's own gauges (Redis link, gaps seen)."""
         st = self.follower.statistics()
         base = self.service.statistics()
         extra = (
@@ -201,7 +258,12 @@ class Edge:
         return ServiceStatistics(base.history, base.hub, base.limits, base.traffic, extra)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow the stream (and refresh the producer's history range) until cancelled."""
+        """Follow the stream (and refresh the producer's history range) until cancelled.
+
+        Reports started once both are running. A ``ConfigError`` from
+        :meth:`on_epoch` (an unprotected edge of a protected producer) propagates
+        out of the nursery: the edge stops rather than serve the feed openly.
+        """
         async with trio.open_nursery() as nursery:
             if self.producer_history is not None:
                 await nursery.start(self.producer_history.run)
@@ -224,6 +286,8 @@ class Edge:
             ConfigError: the producer requires a read token and this edge has no
                 ``read_token`` (it would serve the feed openly).
         """
+        # Checked at every epoch entry, not only the first: a producer may start
+        # requiring a token while edges run.
         if protected and self.config.read_token is None:
             raise ConfigError(UNPROTECTED_EDGE)
         mirror = self.mirror
@@ -240,6 +304,12 @@ class Edge:
             await self.producer_history.refresh()
 
     async def on_ticks(self, ticks: list[EncodedTick]) -> None:
+        """Append each tick to the mirror and hand it to the hub, then wake waiters.
+
+        Never blocks on a client: the hub's publish does not await (a client that
+        cannot keep up falls back to catching up from the ring), so a slow client
+        cannot slow the follower. Waiters are woken once per batch, not per tick.
+        """
         mirror, publish = self.mirror, self.service.publish
         for tick in ticks:
             mirror.publish(tick)
@@ -247,6 +317,13 @@ class Edge:
         mirror.wake()
 
     async def on_gap(self, expected_t: int, got_t: int) -> None:
+        """Fill the hole from ``history_url`` if possible, else strand no one silently.
+
+        Filling is tried only when the mirror ends right before the hole (otherwise
+        there is nothing consecutive to extend). When it fails, every client is
+        closed with 4008 naming its own ``from_t`` and the mirror restarts at
+        ``got_t``; a client that resumes before that gets ``truncated``.
+        """
         if self.mirror.latest_t == expected_t - 1 and await self._fill(expected_t, got_t):
             return
         log.warning(
@@ -256,7 +333,13 @@ class Edge:
         self.mirror.restart_at(got_t)
 
     async def _fill(self, expected_t: int, got_t: int) -> bool:
-        """Publish ``expected_t .. got_t - 1`` from the producer's history, if it has them."""
+        """Publish ``expected_t .. got_t - 1`` from the producer's history, if it has them.
+
+        Page by page, each published as it arrives (clients get the filled ticks as
+        live ticks). Returns False at the first page that is empty or does not
+        start where expected; the ticks already published then stay published,
+        and :meth:`on_gap` restarts the mirror past them.
+        """
         if self.producer_history is None:
             return False
         t = expected_t
@@ -270,6 +353,10 @@ class Edge:
         return True
 
     async def on_state(self, connected: bool) -> None:
+        """Mark ``/health`` degraded (503, component ``redis``) while Redis is away.
+
+        Clients stay connected meanwhile; the follower resumes from its last tick.
+        """
         if connected:
             self.service.recover("redis")
         else:

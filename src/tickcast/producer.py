@@ -42,16 +42,30 @@ __all__ = ["Producer"]
 
 @dataclass(eq=False)
 class Producer:
-    """A service whose history is its own segment files, and the way ticks enter it."""
+    """A service whose history is its own segment files, and the way ticks enter it.
+
+    Built by :meth:`open` (the assembly calls it); its tasks (:meth:`run_writer`, the
+    source, the appender's ``run``) are started by the assembly, which owns their
+    nursery. The producer itself starts nothing.
+    """
 
     service: Service
     log: LocalHistory  # the same object as ``service.history``
     appender: Appender | None = field(default=None)
+    # FIFO (trio's Lock is fair): concurrent produce() calls are numbered in call order.
     _turn: trio.Lock = field(default_factory=trio.Lock, repr=False)
 
     @classmethod
     async def open(cls, config: Config) -> Producer:
-        """Open (and recover) the segment files and build the service over them."""
+        """Open (and recover) the segment files and build the service over them.
+
+        Recovery (a torn tail after a crash) happens here, before anything is
+        served; its cost is bounded by one segment (docs/storage.md).
+
+        Raises:
+            StoreError: the data directory is in use by another process, or cannot
+                be opened or recovered.
+        """
         log = await LocalHistory.open(config)
         producer = cls(Service.create(config, log), log)
         if config.redis_url is not None:
@@ -68,6 +82,7 @@ class Producer:
         return producer
 
     def statistics(self) -> ServiceStatistics:
+        """The service's counters, plus the appender's gauges when scaling out."""
         base = self.service.statistics()
         if self.appender is None:
             return base
@@ -120,6 +135,9 @@ class Producer:
             self._turn.release()
 
     async def _produce(self, payload: Mapping[str, Any]) -> EncodedTick:
+        """Number, encode and append one tick; the caller holds the turn."""
+        # Keys are built in wire order (type, t, ts, then OPTIONAL_KEYS): the codec
+        # keeps dict order, and readers rely on t and ts leading (tick.py).
         ts = payload.get("ts")
         tick: dict[str, Any] = {
             "type": "tick",
@@ -135,12 +153,20 @@ class Producer:
     async def run_writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run the segment writer, publishing each tick once written (until cancelled)."""
+        """Run the segment writer, publishing each tick once written (until cancelled).
+
+        Cancellation drains: what is queued is written, synced and published before
+        this returns (``LocalHistory.run_writer``), so a clean shutdown loses nothing.
+        """
         await self.log.run_writer(self.service.publish, task_status=task_status)
 
 
 class _StreamSource:
-    """What the appender reads: the producer's published history (never waits on it)."""
+    """What the appender reads: the producer's published history (never waits on it).
+
+    An adapter rather than the history itself, so the appender sees the five members
+    of its ``TickSource`` and nothing it could write to.
+    """
 
     def __init__(self, log: LocalHistory) -> None:
         self._log = log

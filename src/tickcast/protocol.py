@@ -183,6 +183,7 @@ def _number(value: float) -> float | int:
 
 
 def _error(detail: str) -> bytes:
+    """The error message answering a client message the stream does not take."""
     return _encode(Error(code="bad_message", detail=detail))
 
 
@@ -398,6 +399,7 @@ class StreamProtocol:
         self.next_t = ticks[-1].t + 1
 
     def _ended(self, end: End) -> StreamEnded:
+        """Finish with ``end`` (the first end wins) and return the exception to raise."""
         self.finish(end)
         return StreamEnded(end)
 

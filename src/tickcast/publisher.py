@@ -13,6 +13,16 @@ or, without touching the simulation's code, pipe its JSON lines::
     my_simulation | tickcast publish --url http://127.0.0.1:8000 --token s3cret
 
 The server assigns ``t`` (consecutive, never reused) and ``ts`` when absent.
+
+Why synchronous and stdlib-only: the simulations that feed tickcast are usually
+plain loops (often numpy), and adding an event loop or an HTTP library to them for
+one POST per tick would be the larger cost. Each call blocks its caller until the
+server answered, which is after the ticks were written and published: a returned
+``t`` is one that clients can already read.
+
+Failure behaviour: nothing is retried. A request that timed out or lost its
+connection may still have been accepted, and a retry would publish the same
+content again under new ``t`` values; whether to retry is the caller's decision.
 """
 
 from __future__ import annotations
@@ -44,7 +54,13 @@ class PublishError(TickcastError):
 
 
 class Publisher:
-    """Posts ticks to ``POST /ingest`` with a bearer token."""
+    """Posts ticks to ``POST /ingest`` with a bearer token.
+
+    Args:
+        url: the server's base URL (``http://host:port``, with any path prefix).
+        token: the server's ``ingest_token`` (not the read token).
+        timeout_s: per request: how long to wait for the connection and the answer.
+    """
 
     def __init__(self, url: str, *, token: str, timeout_s: float = 10.0) -> None:
         self.endpoint = url.rstrip("/") + "/ingest"
@@ -61,7 +77,20 @@ class Publisher:
         return self.publish_many([content])[0]
 
     def publish_many(self, contents: Sequence[Mapping[str, Any]]) -> range:
-        """Publish several ticks in one request; returns the range of their ``t``."""
+        """Publish several ticks in one request; returns the range of their ``t``.
+
+        One request for the lot: every item is checked by the server before any is
+        numbered, so a bad item refuses the whole list and publishes nothing. Under
+        16 MiB of JSON per request (413 beyond).
+
+        The range is ``first_t`` and the count the server answered. It is exact while
+        this is the only publisher; the ticks of two concurrent list requests may
+        interleave (docs/architecture.md, "The ingest endpoint"), and then the range
+        also covers the other request's ticks.
+
+        Raises:
+            PublishError: as :meth:`publish`, or 413 for a body that is too large.
+        """
         body = orjson.dumps(list(contents))
         request = urllib.request.Request(self.endpoint, data=body, headers=self._headers)
         try:
@@ -76,6 +105,11 @@ class Publisher:
 
 
 def _detail(body: bytes) -> str:
+    """The ``detail`` of a JSON error body, or the start of a body that is not one.
+
+    A proxy in front of the server may answer with HTML; its first 200 bytes are
+    more useful in the error than a decoding failure.
+    """
     try:
         return str(orjson.loads(body).get("detail", body[:200]))
     except (orjson.JSONDecodeError, AttributeError):

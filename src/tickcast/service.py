@@ -35,7 +35,13 @@ log = logging.getLogger("tickcast.service")
 
 @dataclass(eq=False)
 class Service:
-    """Config, history, hub, limits and counters of one running tickcast."""
+    """Config, history, hub, limits and counters of one running tickcast.
+
+    A plain holder with no lifecycle of its own: the assembly builds it, the role
+    feeds it, and the routes reach it through the app's typed accessor. One per
+    process in production; tests run several side by side, which is why nothing
+    here is a module global (the metrics registry included).
+    """
 
     config: Config
     history: History
@@ -43,7 +49,9 @@ class Service:
     limits: Limits
     traffic: Traffic
     metrics: Metrics
-    started_at: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.monotonic)  # for uptime_s only
+    # component -> why it failed; shown by /health until recover(). Keyed by component
+    # so a failure repeated every retry is one entry, not a growing list.
     failures: dict[str, str] = field(default_factory=dict)
     # Why streams cannot start yet, set by the role: an edge until it knows which
     # epoch it serves (the first tick of the stream). None: ready.
@@ -51,7 +59,12 @@ class Service:
 
     @classmethod
     def create(cls, config: Config, history: History) -> Service:
-        """A service over ``history``, its metrics bound to its counters."""
+        """A service over ``history``, its metrics bound to its counters.
+
+        The hub gets the effective ``max_lag`` (``Config.lag_limit``); a role with
+        counters of its own binds the metrics again to its own snapshot (the last
+        bind wins), as the edge does.
+        """
         service = cls(
             config, history, Hub(lag_limit=config.lag_limit), Limits(config), Traffic(), Metrics()
         )
@@ -59,12 +72,18 @@ class Service:
         return service
 
     def publish(self, tick: EncodedTick) -> None:
-        """Hand a published tick to every client (its role calls this, in ``t`` order)."""
+        """Hand a published tick to every client (its role calls this, in ``t`` order).
+
+        Synchronous and bounded: the hub never awaits a client, so the cost is the
+        fan-out itself, and the push latency is observed once, after it.
+        """
         self.hub.publish(tick)
         self.metrics.observe_push(tick)
 
     async def wait_for_t(self, t: int) -> None:
         """Wait until tick ``t`` has been published.
+
+        Cancellation: a plain wait on the history; nothing to undo.
 
         Raises:
             StoreError: the history failed before publishing ``t``.
@@ -72,7 +91,12 @@ class Service:
         await self.history.wait_published(t)
 
     def fail(self, component: str, reason: str) -> None:
-        """Record that ``component`` failed; ``/health`` reports it (503)."""
+        """Record that ``component`` failed; ``/health`` reports it (503).
+
+        Logged as an error each call. Recording a failure does not stop anything:
+        streams and reads go on from what the history holds, which is the point of
+        reporting a failure instead of raising it.
+        """
         log.error("%s failed: %s", component, reason)
         self.failures[component] = reason
 
@@ -86,11 +110,13 @@ class Service:
         return self.waiting
 
     def health(self) -> tuple[bool, list[str]]:
+        """(ok, reasons) for ``/health``: the history's, after the recorded failures."""
         ok, reasons = self.history.health()
         reasons = [f"{k} failed: {v}" for k, v in self.failures.items()] + reasons
         return ok and not self.failures, reasons
 
     def statistics(self) -> ServiceStatistics:
+        """One snapshot of every component's counters, for ``/metrics``."""
         return ServiceStatistics(
             history=self.history.statistics(),
             hub=self.hub.statistics(),
@@ -100,4 +126,5 @@ class Service:
 
     @property
     def uptime_s(self) -> float:
+        """Seconds since the service was built (monotonic: immune to clock steps)."""
         return time.monotonic() - self.started_at

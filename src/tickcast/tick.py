@@ -8,6 +8,14 @@ Invariants:
 * A field selection (the stream's ``fields``) is computed at most once per tick per
   field set and cached on the tick, never once per client.
 * Keys keep the order ``type, t, ts, s, agents, actions, matches``.
+* An :class:`EncodedTick` never changes once built: ``t``, ``ts`` and ``raw`` are
+  fixed, and the caches only ever hold bytes derived from ``raw``, so any number of
+  sessions may share one without copying or locking.
+
+Why the key order matters beyond looks: ``t`` and ``ts`` are then within the first
+bytes of every record, so a stored record is wrapped (:meth:`EncodedTick.from_stored`)
+by reading them off its head with a regular expression instead of parsing kilobytes
+of JSON, and a light client can do the same (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -30,7 +38,10 @@ __all__ = [
     "read_head",
 ]
 
+# Always sent, whatever `fields` says: a client cannot check continuity without `t`.
 HEAD_KEYS = ("type", "t", "ts")
+# The keys `fields` chooses among, in wire order. The API documents (web/schemas.py)
+# and the query parser derive their lists from this one.
 OPTIONAL_KEYS = ("s", "agents", "actions", "matches")
 
 Fields = tuple[str, ...] | None
@@ -50,6 +61,11 @@ def _exact(data: bytes) -> bytes:
 def parse_fields(text: str | None) -> Fields:
     """Parse ``"s,agents"`` into a canonical selection.
 
+    Canonical means equal selections are equal values: order and repeats in the
+    text do not matter (``"agents,s,s"`` is ``("s", "agents")``), and choosing every
+    key is ``None``. The caches (views, frames, the raw transport's lanes) are keyed
+    by this value, so ``fields=s,agents`` and ``fields=agents,s`` share one encoding.
+
     Raises:
         ValueError: an unknown or empty field name; the message names it.
     """
@@ -64,7 +80,11 @@ def parse_fields(text: str | None) -> Fields:
 
 
 def encode_message(obj: dict[str, Any]) -> bytes:
-    """Encode a protocol message (hello, heartbeat, error, pong) to JSON bytes."""
+    """Encode a protocol message (hello, heartbeat, error, pong) to JSON bytes.
+
+    One function so that every server message goes through the same encoder as the
+    ticks (orjson: compact separators, UTF-8; a NaN becomes null).
+    """
     return orjson.dumps(obj)
 
 
@@ -83,7 +103,10 @@ class EncodedTick:
         self.t = t
         self.ts = ts
         self.raw = raw
-        self._views: dict[Fields, bytes] | None = None
+        # Created on first use: most ticks of a large ring are never read again, and an
+        # empty dict per tick would cost ~64 bytes each for nothing.
+        self._views: dict[Fields, bytes] | None = None  # fields -> JSON of that view
+        # (fields, wbits) -> a whole WebSocket frame; filled by transports/frames.py.
         self._frames: dict[tuple[Fields, int], bytes] | None = None
 
     @classmethod
@@ -93,7 +116,16 @@ class EncodedTick:
 
     @classmethod
     def from_raw(cls, raw: bytes, *, t: int | None = None) -> EncodedTick:
-        """Wrap stored bytes; parses them once to learn ``t`` and ``ts``."""
+        """Wrap stored bytes; parses them once to learn ``t`` and ``ts``.
+
+        The bytes are kept as they are, not re-encoded: what was stored is what
+        clients get.
+
+        Raises:
+            ValueError: not a JSON tick object, or (with ``t``) a tick with another
+                ``t`` than the index promised; the storage layer treats either as a
+                corrupt record.
+        """
         obj = orjson.loads(raw)
         if not isinstance(obj, dict) or obj.get("type") != "tick":
             raise ValueError("not a tick object")
@@ -108,6 +140,10 @@ class EncodedTick:
 
         Ticks are stored with ``type, t, ts`` first (the wire order, docs/protocol.md);
         anything else falls back to a full parse.
+
+        Raises:
+            ValueError: as :meth:`from_raw`; a record whose head names another ``t``
+                than expected is refused without a parse.
         """
         head = read_head(raw)
         if head is None:
@@ -118,7 +154,12 @@ class EncodedTick:
         return cls(head_t, ts, raw)
 
     def view(self, fields: Fields) -> bytes:
-        """The JSON of this tick restricted to ``fields`` (cached per field set)."""
+        """The JSON of this tick restricted to ``fields`` (cached per field set).
+
+        The first call per field set parses ``raw`` and encodes the view; every later
+        call, from any client, is a dict lookup. A key the tick lacks is left out
+        rather than sent as null.
+        """
         if fields is None:
             return self.raw
         views = self._views
@@ -144,5 +185,9 @@ class EncodedTick:
 
 
 def batch_message(views: Iterable[bytes]) -> bytes:
-    """``{"type":"batch","ticks":[...]}`` from already-encoded tick views (no re-encoding)."""
+    """``{"type":"batch","ticks":[...]}`` from already-encoded tick views (no re-encoding).
+
+    Each view is valid JSON on its own, so joining them with commas is valid JSON,
+    and a batch costs one copy of the bytes, not a parse and an encode.
+    """
     return b'{"type":"batch","ticks":[' + b",".join(views) + b"]}"

@@ -139,7 +139,8 @@ class Ping(msgspec.Struct, tag=MessageType.PING.value, tag_field="type"):
 
 # A tick's JSON starts with its keys ``type, t, ts`` in that order (docs/protocol.md,
 # "tick"), so a reader can take ``t`` and ``ts`` off the first bytes of a message, a
-# stored line or an export line without parsing the rest.
+# stored line or an export line without parsing the rest. The trailing [,}] makes a
+# number cut off by the end of a prefix fail to match, rather than read as shorter.
 _HEAD = re.compile(rb'^\{"type":"tick","t":(\d+),"ts":([0-9.eE+-]+)[,}]')
 
 

@@ -53,6 +53,12 @@ def iterate_blocking(open_batches: Callable[[], AsyncGenerator[list[T], None]]) 
 
 
 def _iterate(open_batches: Callable[[], AsyncGenerator[list[T], None]]) -> Generator[T, None, None]:
+    """The generator behind :func:`iterate_blocking`: one portal (thread) per iteration.
+
+    The portal lives exactly as long as this generator: entering starts the thread,
+    and leaving (exhausted, closed, or an exception from the caller's side) closes
+    the async generator in it, then stops the thread.
+    """
     with start_blocking_portal(BACKEND) as portal:
         reader = portal.call(_Reader.open, open_batches)
         try:
@@ -80,9 +86,15 @@ class _Reader(Generic[T]):
 
     @classmethod
     async def open(cls, open_batches: Callable[[], AsyncGenerator[list[T], None]]) -> _Reader[T]:
+        """Create the async generator inside the portal's event loop, where it will run."""
         return cls(open_batches())
 
     async def next(self) -> list[T] | None:
+        """The next batch, or None at the end (exhausted, or cancelled by :meth:`close`).
+
+        Each read runs in a cancel scope of its own, so :meth:`close` can stop it
+        without cancelling the portal; ``_idle`` tells close when it has unwound.
+        """
         if self._closing:  # a read scheduled before a Ctrl-C, run after close() began
             return None
         self._idle = anyio.Event()

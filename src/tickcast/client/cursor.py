@@ -15,7 +15,7 @@ Invariants (the whole no-gap, no-duplicate promise rests on them):
   history page while the server has ticks there) are counted, the count is reset
   by a tick, and the ``MAX_STALLS``-th in a row raises :class:`NoProgressError`.
 
-The I/O layer (``follow.py``) asks :meth:`Cursor.query` before connecting, feeds
+The I/O layer (``follow.py``) asks :meth:`Cursor.query_start` before connecting, feeds
 :meth:`Cursor.hello` and :meth:`Cursor.take`, and on the way out asks
 :meth:`Cursor.closed` or :meth:`Cursor.refused` whether to reconnect at once, back
 off first, or give up (they raise).
@@ -48,9 +48,12 @@ __all__ = ["MAX_STALLS", "Backoff", "Cursor", "Next", "Tick", "silence_limit_s"]
 
 log = logging.getLogger("tickcast.client")
 
+# A tick as the client hands it out: the parsed JSON object, keys as on the wire.
 Tick = dict[str, Any]
 
-# Close codes a reconnect cannot fix: the same request would fail the same way.
+# Close codes a reconnect cannot fix: the same request would fail the same way. 1002,
+# 1003, 1007, 1009 and 1010 say this client broke the protocol; 1011 from tickcast means a
+# damaged record at this position (or a server bug), which a retry would hit again.
 FATAL_CLOSES = frozenset({1002, 1003, 1007, 1009, 1010, 1011})
 # HTTP statuses worth retrying: the server is busy or on its way back.
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
@@ -66,7 +69,12 @@ class Next(enum.Enum):
 
 
 def silence_limit_s(heartbeat_s: object) -> float:
-    """How long a connection may stay silent before it counts as dead: two heartbeats."""
+    """How long a connection may stay silent before it counts as dead: two heartbeats.
+
+    Plus 5 s of slack for a busy network or a paused server process, so that one late
+    heartbeat does not cost a reconnect. A hello without a usable ``heartbeat_s`` is
+    taken to mean the server's default, 30 s.
+    """
     beat = float(heartbeat_s) if isinstance(heartbeat_s, int | float) else 30.0
     return 2 * beat + 5.0
 
@@ -98,7 +106,11 @@ class Backoff:
 
 @dataclass
 class Cursor:
-    """Where a stream is (``next_t``, ``epoch``), the gap policy, and the stall count."""
+    """Where a stream is (``next_t``, ``epoch``), the gap policy, and the stall count.
+
+    One per ``stream()``/``history()`` call, living across all its connections or
+    pages; mutated only by its own methods, from the one task iterating.
+    """
 
     next_t: int | None = None
     epoch: str | None = None
@@ -260,6 +272,11 @@ class Cursor:
 
 
 def _object(data: bytes | str) -> dict[str, Any]:
+    """Parse one server message, which must be a JSON object.
+
+    Raises:
+        BadMessageError: not JSON, or not an object; the start of it is quoted.
+    """
     try:
         msg = orjson.loads(data)
     except orjson.JSONDecodeError:

@@ -12,6 +12,19 @@
 Everything here runs under trio or asyncio (anyio). Cancel scopes and timeouts
 live inside single awaits, never across a ``yield``, so the generators may be
 resumed from different tasks (the blocking wrappers do so).
+
+What this layer owns: the loops and the waits (connect, receive, sleep). What it
+does not: every decision about a message, a close code or an HTTP status is the
+``Cursor``'s, which is plain Python and tested without sockets; the loops here act
+on its answer (:class:`~tickcast.client.cursor.Next`: reconnect now, or back off).
+
+Invariants a caller can rely on:
+
+* the ``t`` values yielded are strictly consecutive across reconnects and pages,
+  or an exception says why they cannot be (gap, truncation, no progress); with
+  ``on_gap="continue"`` a gap is logged as a warning instead;
+* nothing is buffered beyond one server message or one page: the next message is
+  read, or the next page requested, only when the consumer asks for more.
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ __all__ = ["CONNECT_TIMEOUT_S", "PAGE_LIMIT", "follow", "history_pages"]
 log = logging.getLogger("tickcast.client")
 
 CONNECT_TIMEOUT_S = 10.0  # TCP connect + upgrade + hello
+# Per /incremental request (httpx: connect, read, write and pool each). Generous: a page
+# of PAGE_LIMIT large ticks read from a producer's disk can take seconds.
 HTTP_TIMEOUT_S = 30.0
 
 
@@ -52,10 +67,19 @@ async def follow(
         NoProgressError: the server closed with 4008 at the same ``t`` again and
             again (``MAX_STALLS`` times) without a tick in between.
         RefusedError, StreamClosedError, BadMessageError: see ``tickcast.errors``.
+
+    Backpressure: the socket is read only while the consumer iterates, so a slow
+    consumer slows the server's sends to it; past ``max_lag`` the server closes
+    with 4008 and this resumes at once from the last tick yielded, without loss.
+
+    Cancellation: inside a receive or a backoff sleep, the connection is closed
+    (bounded, shielded) and the cancellation propagates; nothing is retried.
     """
     cursor = Cursor(next_t=from_t, on_gap=settings.on_gap, from_ts=from_ts)
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
     idle_nows = 0  # reconnects "at once" in a row that yielded nothing
+    # One connection per turn of this loop; every way out of a connection ends in
+    # `step`, which says whether to reconnect at once or after a backoff.
     while True:
         ws: WebSocket | None = None
         yielded = False
@@ -77,6 +101,8 @@ async def follow(
                     cursor.next_t,
                     hello.get("latest_t"),
                 )
+                # The server promises a heartbeat every heartbeat_s; a connection silent
+                # for longer than the limit derived from it is dead, whatever TCP says.
                 silence_s = silence_limit_s(hello.get("heartbeat_s"))
                 while True:
                     with anyio.fail_after(silence_s):
@@ -110,6 +136,10 @@ async def follow(
 
 
 def _stream_query(settings: Settings, cursor: Cursor) -> dict[str, str]:
+    """The ``/ws/stream`` query for the next connection: where to start, fields, batch.
+
+    ``batch`` is left out at its server default (1) to keep URLs in logs short.
+    """
     query = settings.query(cursor.query_start())
     if settings.batch != 1:
         query["batch"] = str(settings.batch)
@@ -135,6 +165,10 @@ async def history_pages(
             server says it has.
         RefusedError: a 4xx (400, 401...) or a 500 (a corrupt record in the range).
         BadMessageError: a page that does not continue the previous one.
+
+    Backpressure: the next page is requested only when the consumer has taken the
+    current one, so memory holds one page at most. Cancellation closes the HTTP
+    client (``async with``) and propagates.
     """
     cursor = Cursor(next_t=from_t, on_gap=settings.on_gap, from_ts=from_ts)
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
@@ -158,6 +192,8 @@ async def history_pages(
                 await anyio.sleep(backoff.delay_s())
                 continue
             page = response.json()
+            # latest_t is read from each page, so a range without to_t follows a growing
+            # history until it catches up with the newest tick of that moment.
             latest_t = page["latest_t"]
             if page["count"] == 0 and latest_t is not None and page["from_t"] <= latest_t:
                 # The server has ticks from here but gave none: it cannot read them now.

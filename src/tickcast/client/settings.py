@@ -3,6 +3,16 @@
 Plain Python, no I/O. The URL may be the server's base (``http://host:8000``,
 ``https://…``, with a path prefix behind a proxy) or a ``ws://``/``wss://`` URL,
 with or without the trailing ``/ws/stream``.
+
+Owns the checks of what a caller passed to ``Client(...)``: each bad option raises
+``ValueError`` naming it, at construction, before any connection is tried (the
+client's counterpart of the server failing at start-up naming the setting).
+Both classes are frozen: the reconnecting core reads them from several places and
+never has to wonder whether one changed mid-stream.
+
+Import rule: the client imports nothing of the server but ``tickcast.wire`` (an
+import-linter contract in ``pyproject.toml``), so the batch cap here is the
+server's own constant, not a copy.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from ..wire import MAX_BATCH
 
 __all__ = ["MAX_BATCH", "Endpoint", "OnGap", "Settings"]
 
+# What the client does when a resume would skip ticks (docs/client.md, "Gaps"): raise,
+# or log a warning and carry on from the oldest tick the server still has.
 OnGap = Literal["raise", "continue"]
 
 _TLS = {"http": False, "ws": False, "https": True, "wss": True}
@@ -23,7 +35,12 @@ _TLS = {"http": False, "ws": False, "https": True, "wss": True}
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A tickcast server: host, port, TLS, and the path it is served under."""
+    """A tickcast server: host, port, TLS, and the path it is served under.
+
+    One value serves both the stream (``ws(s)://``) and the history pages
+    (``http(s)://``), which share host, port, TLS and prefix: a reconnect that
+    falls back to ``/incremental`` reaches the same server the stream did.
+    """
 
     host: str
     port: int
@@ -33,6 +50,9 @@ class Endpoint:
     @classmethod
     def parse(cls, url: str) -> Endpoint:
         """Parse a base or stream URL.
+
+        ``ws``/``http`` and ``wss``/``https`` are interchangeable: only whether TLS
+        is used and the default port (80 or 443) follow from the scheme.
 
         Raises:
             ValueError: an unknown scheme, no host, or a query or fragment (options go
@@ -53,6 +73,11 @@ class Endpoint:
 
     @property
     def host_header(self) -> str:
+        """The ``Host`` header value: IPv6 in brackets, the port only when not default.
+
+        Leaving out a default port matches what browsers send, so servers behind a
+        proxy that routes by ``Host`` see the same value from this client.
+        """
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.tls else 80
         return host if self.port == default else f"{host}:{self.port}"
@@ -62,14 +87,23 @@ class Endpoint:
         return f"{'https' if self.tls else 'http'}://{self.host_header}{self.prefix}{path}"
 
     def target(self, path: str, query: dict[str, str]) -> str:
-        """The request target (path and query) of ``path`` on this server."""
+        """The request target (path and query) of ``path`` on this server.
+
+        Commas stay literal (``fields=s,matches``) rather than ``%2C``: the URL stays
+        readable in server and proxy logs.
+        """
         encoded = urllib.parse.urlencode(query, safe=",")
         return f"{self.prefix}{path}" + (f"?{encoded}" if encoded else "")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the async core needs; built and checked by ``Client.__init__``."""
+    """Everything the async core needs; built and checked by ``Client.__init__``.
+
+    Defaults are the ones documented for ``Client`` (docs/client.md). ``batch`` is
+    asked of the server, which may send fewer per message; it is a throughput knob,
+    not a guarantee of message size.
+    """
 
     endpoint: Endpoint
     fields: tuple[str, ...] | None = None
@@ -84,7 +118,15 @@ class Settings:
 
     @staticmethod
     def fields_tuple(fields: Iterable[str] | str | None) -> tuple[str, ...] | None:
-        """``["s", "matches"]`` or ``"s,matches"`` as a tuple; None means every field."""
+        """``["s", "matches"]`` or ``"s,matches"`` as a tuple; None means every field.
+
+        Only the shape is checked here (non-empty names); whether a name is a tick
+        key is the server's to say (a 400 naming it), so the client does not carry
+        a second copy of the list.
+
+        Raises:
+            ValueError: an empty list, an empty name, or a name that is not a string.
+        """
         if fields is None:
             return None
         names = fields.split(",") if isinstance(fields, str) else list(fields)
@@ -93,7 +135,11 @@ class Settings:
         return tuple(names)
 
     def check(self) -> None:
-        """Raises ValueError naming the first bad option."""
+        """Check the options that ``__init__`` cannot type: ranges and choices.
+
+        Raises:
+            ValueError: naming the first bad option.
+        """
         if not 1 <= self.batch <= MAX_BATCH:
             raise ValueError(f"batch: must be in 1..{MAX_BATCH}, got {self.batch}")
         if self.on_gap not in ("raise", "continue"):

@@ -4,6 +4,10 @@ One tick per line, flushed as it arrives, so ``tickcast tail URL | jq .s.price_n
 is live. Connection events (reconnects, gaps carried over) are logged to stderr.
 Ctrl-C ends it with status 0 and no traceback; so does the reader going away
 (``| head``: a broken pipe).
+
+Why a separate module from the command line: ``cli.py`` parses arguments for every
+command, this runs one of them; and it is the smallest complete use of
+:class:`Client`, worth reading as an example.
 """
 
 from __future__ import annotations
@@ -40,10 +44,14 @@ def run_tail(
         ClientError: the stream cannot go on (see ``Client.stream``).
         ValueError: a bad URL or option.
     """
+    # Bytes straight to the buffer: orjson produces bytes, and the text layer would only
+    # decode them to encode them again.
     sink = out if out is not None else sys.stdout.buffer
     client = Client(url, fields=fields, token=token, on_gap=on_gap)
     try:
         for tick in client.stream(from_t, from_ts=from_ts):
+            # Flushed per tick, for pipes: a consumer sees each tick when it arrives,
+            # not when an 8 KiB buffer fills (seconds later at 10 ticks/s with fields=s).
             sink.write(orjson.dumps(tick) + b"\n")
             sink.flush()
     except KeyboardInterrupt:

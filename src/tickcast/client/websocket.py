@@ -12,6 +12,21 @@ connection can end, as seen by the caller:
 
 These three never leave the client package: ``follow.py`` turns them into a
 reconnect or a :class:`~tickcast.errors.ClientError`.
+
+Why not a WebSocket library with its own I/O: the client must run under trio and
+asyncio with one code path, and wsproto (sans-I/O) plus anyio's streams gives that
+in this one small file. The same wsproto the server runs under Hypercorn parses
+the frames, so both ends agree on every edge case of RFC 6455.
+
+Invariants:
+
+* one :class:`WebSocket` has one reader: messages come out whole and in order,
+  fragments reassembled, and control frames (ping, close) are answered on the way
+  without the caller seeing them;
+* nothing is sent but pongs, the close handshake and the request: the stream's
+  own messages (ping, for instance) are not needed by ``follow.py``, which reads only;
+* the socket is closed on every exit path: a failed handshake, :meth:`WebSocket.aclose`,
+  and cancellation during :func:`connect`.
 """
 
 from __future__ import annotations
@@ -40,6 +55,8 @@ from .settings import Endpoint
 
 __all__ = ["Closed", "Rejected", "WebSocket", "connect"]
 
+# Largest single read from the socket: a catch-up batch of ticks can be hundreds of KB,
+# so a large read takes it in few system calls; wsproto reassembles across reads.
 RECEIVE_BYTES = 256 * 1024
 CLOSE_SEND_S = 1.0  # at most this long to say goodbye with a close frame
 ABNORMAL = 1006  # no close frame (RFC 6455 §7.1.5); never sent on the wire
@@ -47,7 +64,12 @@ PROTOCOL_ERROR = 1002
 
 
 class Closed(Exception):
-    """The connection ended with ``code`` (1006: no close frame) and ``reason``."""
+    """The connection ended with ``code`` (1006: no close frame) and ``reason``.
+
+    One exception for every way an open connection ends, so the caller decides by
+    the code alone (``cursor.py``: 4008 resume now, 1001 back off, ...). A broken
+    socket is folded into 1006 here, as RFC 6455 says a client should report it.
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(code, reason)
@@ -56,7 +78,12 @@ class Closed(Exception):
 
 
 class Rejected(Exception):
-    """The server refused the upgrade with HTTP ``status``; ``body`` is its answer."""
+    """The server refused the upgrade with HTTP ``status``; ``body`` is its answer.
+
+    tickcast answers every refusal with a JSON ``{"error", "detail"}`` body (400,
+    401, 429, 503); the body is kept raw here because a proxy in front of the server
+    may answer with anything, and parsing is the caller's business.
+    """
 
     def __init__(self, status: int, body: bytes) -> None:
         super().__init__(status, body)
@@ -68,6 +95,9 @@ class WebSocket:
     """An open connection: :meth:`receive` whole messages, :meth:`aclose` when done.
 
     Not for concurrent use: one task receives at a time (the one iterating).
+
+    Built only by :func:`connect`, with the events wsproto produced after the
+    handshake (the server's first message can share a TCP read with the 101).
     """
 
     def __init__(
@@ -75,11 +105,23 @@ class WebSocket:
     ) -> None:
         self._stream = stream
         self._ws = ws
-        self._pending = pending
-        self._parts: list[str | bytes] = []
+        self._pending = pending  # events parsed but not yet handed out, in order
+        self._parts: list[str | bytes] = []  # the fragments of an unfinished message
 
     async def receive(self) -> str | bytes:
         """The next whole message; answers pings and the close handshake on the way.
+
+        Text messages come back as ``str``, binary as ``bytes`` (tickcast sends text
+        only). A close from the server is answered with the same code before
+        :class:`Closed` is raised, completing the handshake.
+
+        Cancellation: while waiting for bytes, nothing is lost, and a later call
+        carries on. Cancelled while sending a pong or a close reply, the socket may
+        be left mid-frame: do not receive again, :meth:`aclose` it.
+
+        Backpressure: reads only when the caller asks, so a slow caller leaves the
+        bytes in the kernel's buffers and TCP slows the server, which then closes
+        it with 4008 if it falls more than ``max_lag`` ticks behind.
 
         Raises:
             Closed: the server closed the connection, or it broke (1006).
@@ -114,6 +156,8 @@ class WebSocket:
         await anyio.aclose_forcefully(self._stream)
 
     def _message(self) -> str | bytes:
+        # The fragments of one message are all text or all bytes (RFC 6455 §5.4); the
+        # filters only keep mypy exact about it.
         parts, self._parts = self._parts, []
         if len(parts) == 1:
             return parts[0]
@@ -122,6 +166,11 @@ class WebSocket:
         return b"".join(p for p in parts if isinstance(p, bytes))
 
     async def _fill(self) -> None:
+        """Read once from the socket and queue what wsproto parsed from it.
+
+        A reset or a broken socket raises :class:`Closed` (1006) at once; an orderly
+        EOF goes through wsproto, which turns it into a 1006 close event.
+        """
         try:
             data: bytes | None = await self._stream.receive(RECEIVE_BYTES)
         except anyio.EndOfStream:
@@ -132,6 +181,7 @@ class WebSocket:
         self._pending.extend(self._ws.events())
 
     async def _send(self, event: Event) -> None:
+        """Serialise ``event`` with wsproto and write it; a dead socket is a 1006 close."""
         try:
             await self._stream.send(self._ws.send(event))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
@@ -148,6 +198,12 @@ async def connect(
     """Open a TCP (TLS for wss/https) connection and upgrade it to a WebSocket.
 
     Cancellation closes the socket. The caller bounds the wait (``fail_after``).
+
+    Args:
+        endpoint: the server (host, port, TLS), from ``Endpoint.parse``.
+        target: the request target, path and query (``Endpoint.target``).
+        headers: extra request headers (the read token's ``Authorization``).
+        compression: offer permessage-deflate; the server may decline it.
 
     Raises:
         OSError: the connection could not be made.
@@ -174,6 +230,12 @@ async def _handshake(
     headers: dict[str, str],
     compression: bool,
 ) -> WebSocket:
+    """Send the upgrade request on ``stream`` and read until it is accepted or refused.
+
+    A refusal's body may come in several reads (``RejectData``); it is gathered until
+    wsproto says it is finished, or the server hangs up, and then raised whole.
+    Does not close ``stream`` on failure: :func:`connect` does.
+    """
     ws = WSConnection(ConnectionType.CLIENT)
     extensions: list[Extension] = [PerMessageDeflate()] if compression else []
     request = Request(

@@ -138,6 +138,7 @@ class Hub:
     """The set of subscribers, and the fan-out of each published tick."""
 
     def __init__(self, *, lag_limit: int) -> None:
+        """An empty hub; ``lag_limit`` is the effective ``max_lag`` (``Config.lag_limit``)."""
         self.lag_limit = lag_limit
         self._subs: set[Subscriber] = set()  # every subscriber not in a lane
         self._lanes: dict[Hashable, Lane] = {}  # a handful: one per way of taking a tick
@@ -147,17 +148,26 @@ class Hub:
         self._slow_closes = 0
 
     def __len__(self) -> int:
+        """Subscribers in all, lane members included (O(number of lanes))."""
         return len(self._subs) + sum(len(lane) for lane in self._lanes.values())
 
     def add(self, sub: Subscriber) -> None:
+        """Start offering ticks to ``sub`` (a new stream, before its first send).
+
+        It joins as a plain subscriber; the lag rule applies from this moment, which
+        is why a session is added before it sends its hello (``transports/stream.py``).
+        """
         self._subs.add(sub)
 
     def discard(self, sub: Subscriber) -> None:
+        """Stop offering ticks to ``sub``, wherever it is (idempotent, never blocks)."""
         if sub.lane is not None:
             self.leave(sub)
         self._subs.discard(sub)
 
     def subscribers(self) -> list[Subscriber]:
+        """Every subscriber, lane members included, as a new list (safe to mutate the hub
+        while iterating it, as :meth:`evict_all` and :meth:`reset_all` do)."""
         subs = list(self._subs)
         for lane in self._lanes.values():
             subs += lane.members()
@@ -206,6 +216,7 @@ class Hub:
         self._slow_closes += 1
 
     def statistics(self) -> HubStatistics:
+        """The hub's counters now, as a frozen record (read by ``/metrics``)."""
         return HubStatistics(
             subscribers=len(self),
             published=self._published,

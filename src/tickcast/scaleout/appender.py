@@ -14,6 +14,17 @@ Invariants:
   the stream is missing (at most the last ``maxlen`` ticks).
 * A fresh coredis client per connection cycle; capped exponential backoff
   between cycles.
+
+Why a Lua script rather than a WATCH/MULTI/EXEC transaction: the check (epoch
+announced, stream top as expected) and the appends must be one atomic step whose
+outcome depends on what the check found. Redis runs a script without interleaving
+any other client's command, in one round trip; an optimistic transaction would
+need a round trip to read before it, and a retry loop around it.
+
+What the edges rely on (docs/scale-out.md): entry IDs are ``<t+1>-0`` (``layout.py``),
+so the stream is ordered by ``t`` and a follower finds a gap by arithmetic; each
+entry carries the tick's exact stored bytes, so an edge serves what the producer
+serves, byte for byte.
 """
 
 from __future__ import annotations
@@ -51,7 +62,10 @@ log = logging.getLogger("tickcast.scaleout.appender")
 # What ends a connection cycle and is retried after a backoff.
 _RETRIED: tuple[type[Exception], ...] = (*REDIS_ERRORS, StreamFormatError)
 
-BATCH = 500  # ticks per script call (1-5 KB each: at most a few MB per round trip)
+# Ticks per script call (1-5 KB each: at most a few MB per round trip). Larger batches
+# refill a stream faster after a Redis loss; smaller ones keep each script short, since
+# Redis serves no other client while a script runs.
+BATCH = 500
 STREAM_TIMEOUT_S = 10.0  # the longest one reply may take
 OLD_EPOCH_TTL_S = 3600  # a superseded epoch's stream expires this long after the new one starts
 REPORT_EVERY_S = 10.0  # while Redis stays unreachable, log it at most this often
@@ -87,13 +101,19 @@ class TickSource(Protocol):
     """
 
     @property
-    def epoch(self) -> str: ...
+    def epoch(self) -> str:
+        """The producer's epoch: the stream's key and every entry name it."""
+        ...
 
     @property
-    def oldest_t(self) -> int | None: ...
+    def oldest_t(self) -> int | None:
+        """The oldest readable tick (retention moves it): never append older."""
+        ...
 
     @property
-    def latest_t(self) -> int | None: ...
+    def latest_t(self) -> int | None:
+        """The newest published tick: never append past it (it may not be on disk)."""
+        ...
 
     async def read(self, from_t: int, limit: int) -> list[EncodedTick]:
         """Up to ``limit`` consecutive published ticks from ``max(from_t, oldest_t)``.
@@ -131,11 +151,19 @@ class AppenderStatistics:
 
 
 class _Resync(Exception):
-    """The stream does not end where this appender left it: read it again."""
+    """The stream does not end where this appender left it: read it again.
+
+    Not an error to report: a Redis restart without persistence ends this way, and
+    the next cycle re-reads the stream's top and refills what is missing.
+    """
 
 
 class Appender:
     """Appends a producer's published ticks to ``<key>:ticks:<epoch>`` (see :mod:`.layout`).
+
+    One per producer, built by ``Producer.open`` when ``redis_url`` is set. It only
+    reads published ticks, so what edges receive is exactly what the producer's
+    own clients could have been sent, in the same order.
 
     Args:
         source: the producer's history and publication signal.
@@ -159,6 +187,7 @@ class Appender:
         batch: int = BATCH,
         backoff_max_s: float = 2.0,
     ) -> None:
+        # Settings were checked at start-up; this guards direct construction (tests).
         if maxlen < 1 or batch < 1:
             raise ValueError(f"maxlen and batch must be >= 1, got {maxlen}, {batch}")
         self._source = source
@@ -181,6 +210,7 @@ class Appender:
         self._report = Throttle(REPORT_EVERY_S)
 
     def statistics(self) -> AppenderStatistics:
+        """The appender's state now, for ``/health`` and ``/metrics`` (no I/O)."""
         return AppenderStatistics(
             connected=self._connected,
             appended_t=self._appended_t,
@@ -230,6 +260,12 @@ class Appender:
             await trio.sleep(self._backoff.next_delay())
 
     async def _cycle(self) -> None:
+        """One connection: announce the epoch, find the stream's top, then append forever.
+
+        Only returns by raising: a Redis error, a layout error or a :class:`_Resync`
+        ends the cycle, and the client is closed with it. Counts as connected once
+        the top was read, which is when backoff and the error report start afresh.
+        """
         async with open_client(
             self._url, stream_timeout_s=STREAM_TIMEOUT_S, name="tickcast-appender"
         ) as client:
@@ -273,7 +309,21 @@ class Appender:
             await client.expire(ticks_key(self._key, previous), OLD_EPOCH_TTL_S)
 
     async def _append_next(self, client: _Client, top_t: int | None) -> int | None:
-        """Append the next batch after ``top_t`` (waiting for it); returns the new top."""
+        """Append the next batch after ``top_t`` (waiting for it); returns the new top.
+
+        Where to start is :func:`.layout.append_start`'s answer: right after the
+        stream's top, but never before the producer's oldest tick nor more than
+        ``maxlen`` ticks behind its newest (those would be trimmed at once). A jump
+        over ticks the stream can no longer hold is logged; followers see it as a
+        gap (``on_gap``), never as silently missing ticks.
+
+        Backpressure: one round trip per batch, awaited before the next, so a slow
+        Redis slows the appender alone; the producer never waits for it.
+
+        Raises:
+            _Resync: the script refused (epoch not announced, or the stream's top
+                is not ``top_t``); nothing was written.
+        """
         source = self._source
         first = append_start(top_t, source.oldest_t, source.latest_t, self._maxlen)
         latest = source.latest_t

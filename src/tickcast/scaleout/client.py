@@ -37,6 +37,9 @@ from coredis.retry import NoRetryPolicy
 
 __all__ = ["CONNECT_TIMEOUT_S", "REDIS_ERRORS", "open_client", "redacted"]
 
+# Seconds to establish a connection. A Redis on the same network answers in
+# milliseconds; a black-holed address (firewall drop) would otherwise hang a cycle for
+# the OS's TCP timeout (minutes) before the backoff loop could report it.
 CONNECT_TIMEOUT_S = 5.0
 
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, TimeoutError, OSError)
@@ -54,11 +57,14 @@ _BUFFERS = (  # BaseConnection's memory streams (coredis 6.9.0)
 
 
 def _close_buffers(connection: BaseConnection) -> None:
+    """Close the connection's memory streams (the leak the module docstring describes)."""
     for name in _BUFFERS:
         getattr(connection, name).close()  # idempotent
 
 
 class _TCPConnection(TCPConnection):
+    """coredis' TCP connection, closing its buffers however ``run`` ends."""
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -69,6 +75,8 @@ class _TCPConnection(TCPConnection):
 
 
 class _UnixConnection(UnixDomainSocketConnection):
+    """coredis' Unix-socket connection (``unix://`` URLs), closing its buffers likewise."""
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -78,6 +86,8 @@ class _UnixConnection(UnixDomainSocketConnection):
             _close_buffers(self)
 
 
+# coredis' connection class -> ours. A class not listed (a future coredis transport) is
+# used as it is: it may leak, but it works.
 _CLOSING: dict[type[Any], type[BaseConnection]] = {
     TCPConnection: _TCPConnection,
     UnixDomainSocketConnection: _UnixConnection,
@@ -91,6 +101,9 @@ def open_client(url: str, *, stream_timeout_s: float, name: str) -> coredis.Redi
         url: the Redis URL (the ``redis_url`` setting).
         stream_timeout_s: the longest any reply may take (above any ``XREAD BLOCK``).
         name: the ``CLIENT SETNAME`` shown by ``CLIENT LIST`` (e.g. ``tickcast-appender``).
+
+    Nothing is sent before the client is entered; an unreachable Redis then raises
+    one of :data:`REDIS_ERRORS`, which the callers' backoff loops handle.
     """
     client = coredis.Redis.from_url(
         url,
@@ -105,7 +118,11 @@ def open_client(url: str, *, stream_timeout_s: float, name: str) -> coredis.Redi
 
 
 def redacted(url: str) -> str:
-    """``url`` fit for a log line: a password in it replaced by ``***``."""
+    """``url`` fit for a log line: a password in it replaced by ``***``.
+
+    The appender's and the follower's log lines name ``redis_url`` through this, so
+    the operator sees which Redis is meant without the secret reaching the logs.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.password is None:
         return url

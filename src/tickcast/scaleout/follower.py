@@ -15,6 +15,12 @@ Invariants:
   A Redis that cannot be reached is logged as an error naming ``redis_url`` at the
   first failure, then at most once per ``REPORT_EVERY_S`` while it lasts (a
   mistyped URL must not look like a quiet producer).
+
+Why the follower checks what Redis already orders: a stream is trimmed (``MAXLEN``),
+may be lost with a Redis restart, and is refilled by the appender from the
+producer's history, so "the next entry" is not always "the next tick". Only the
+edge's own last ``t`` tells; the rules are plain functions in ``layout.py``
+(:func:`.layout.decide`), tested without Redis.
 """
 
 from __future__ import annotations
@@ -50,8 +56,10 @@ log = logging.getLogger("tickcast.scaleout.follower")
 # What ends a connection cycle and is retried after a backoff.
 _RETRIED: tuple[type[Exception], ...] = (*REDIS_ERRORS, StreamFormatError)
 
-BATCH = 500  # entries per XREAD reply
-BLOCK_S = 2.0  # how long one XREAD waits for news
+BATCH = 500  # entries per XREAD reply: one sink call per reply, at most this many ticks
+# How long one XREAD waits for news. Short enough that a dead link is noticed within
+# BLOCK_S + STREAM_TIMEOUT_MARGIN_S, long enough that an idle feed costs ~nothing.
+BLOCK_S = 2.0
 STREAM_TIMEOUT_MARGIN_S = 5.0  # a reply later than BLOCK_S + this means the link is dead
 REPORT_EVERY_S = 10.0  # while Redis stays unreachable, log it at most this often
 
@@ -163,6 +171,7 @@ class Follower:
         self._failures = 0  # connection cycles failed in a row
 
     def statistics(self) -> FollowerStatistics:
+        """The follower's state now, for ``/health`` and ``/metrics`` (no I/O)."""
         return FollowerStatistics(
             connected=self._connected,
             epoch=self._epoch,
@@ -214,11 +223,18 @@ class Follower:
             await trio.sleep(self._backoff.next_delay())
 
     async def _set_connected(self, connected: bool) -> None:
+        """Tell the sink when the link comes or goes (changes only, never repeats)."""
         if connected != self._connected:
             self._connected = connected
             await self._sink.on_state(connected)
 
     async def _cycle(self) -> None:
+        """One connection: settle the epoch from the epochs stream's last entry, then read.
+
+        The reading position survives the cycle (it is the follower's, not the
+        client's), so a reconnect reads on from the last delivered tick. Only
+        returns by raising; the client is closed with the cycle.
+        """
         async with open_client(
             self._url, stream_timeout_s=self._stream_timeout_s, name="tickcast-follower"
         ) as client:
@@ -248,6 +264,8 @@ class Follower:
         key = None if epoch is None else ticks_key(self._key, epoch)
         if key is not None:
             if self._cursor is None:
+                # New epoch (or first start): begin `backlog` ticks before the stream's
+                # top, so the edge's ring is filled without reading the whole stream.
                 top = await client.xrevrange(key, count=1)
                 top_t = t_of_id(top[0].identifier) if top else None
                 self._cursor = entry_id(initial_cursor(top_t, self._backlog))
@@ -262,6 +280,12 @@ class Follower:
             await self._on_epoch_entry(entry)
 
     async def _on_tick_entries(self, epoch: str, entries: tuple[StreamEntry, ...]) -> None:
+        """Hand one reply's tick entries to the sink, in consecutive runs.
+
+        Ticks are gathered into runs and passed with one ``on_ticks`` per run, so a
+        reply of 500 ticks costs one sink call. A gap or an epoch change flushes the
+        run first, so the sink always sees ticks, gap and epoch in stream order.
+        """
         run: list[EncodedTick] = []
         for raw_entry in entries:
             self._cursor = _text(raw_entry.identifier)
@@ -294,10 +318,16 @@ class Follower:
         await self._flush(run)
 
     async def _flush(self, run: list[EncodedTick]) -> None:
+        # The sink's contract: on_ticks is never called with an empty list.
         if run:
             await self._sink.on_ticks(run)
 
     async def _on_epoch_entry(self, entry: StreamEntry) -> None:
+        """Apply one announcement: a new epoch, or a change of read access only.
+
+        A change of read access alone is passed on too: the edge must stop if the
+        producer starts requiring a token that the edge does not have.
+        """
         try:
             announced = decode_announcement(entry.field_values)
         except StreamFormatError as exc:
@@ -311,6 +341,7 @@ class Follower:
             await self._sink.on_epoch(announced.epoch, protected=announced.protected)
 
     async def _switch(self, epoch: str, protected: bool) -> None:
+        """Follow ``epoch`` from its backlog: forget the position, tell the sink."""
         if self._epoch is not None:
             log.warning("redis follower: epoch changed from %s to %s", self._epoch, epoch)
         self._epoch = epoch
@@ -321,4 +352,6 @@ class Follower:
 
 
 def _text(value: bytes | str) -> str:
+    # coredis returns bytes with decode_responses off (the ticks must stay bytes); IDs
+    # are ASCII and are kept as str for use as cursors.
     return value.decode() if isinstance(value, bytes) else value

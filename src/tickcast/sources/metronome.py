@@ -31,6 +31,8 @@ import trio
 
 __all__ = ["Metronome"]
 
+# From <linux/time.h> and <sys/timerfd.h>: the values are part of the kernel ABI, so
+# they are written here rather than read from a header at run time.
 _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK = os.O_NONBLOCK
 _TFD_CLOEXEC = 0o2_000_000  # O_CLOEXEC on every Linux architecture trio runs on
@@ -45,6 +47,11 @@ class _Itimerspec(ctypes.Structure):
 
 
 def _libc() -> ctypes.CDLL | None:
+    """libc with the two timerfd calls typed, or None where there is no timerfd.
+
+    ctypes rather than a C extension: two calls do not justify a build step, and
+    anything missing just means the portable sleep is used.
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -103,6 +110,7 @@ class Metronome:
         self._deadline = 0.0  # the fallback's next grid point (trio time)
 
     def __enter__(self) -> Metronome:
+        """Start the grid now: the first :meth:`wait` returns one period from here."""
         if self.clock == "kernel":
             self._fd = _timerfd(self.period)
         self._deadline = trio.current_time() + self.period
@@ -114,6 +122,7 @@ class Metronome:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close the timerfd, telling trio first so that no task waits on a closed fd."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             trio.lowlevel.notify_closing(fd)
@@ -124,6 +133,10 @@ class Metronome:
 
         More than 1 means the caller overran: the missed grid points are not
         delivered one by one (no burst); the next wait is for the next grid point.
+
+        Cancellation: safe at any point; the grid is unaffected, so a later wait
+        returns at once if a grid point passed meanwhile (counting every period
+        missed), else at the next one.
         """
         if self._fd is None:
             return await self._sleep()
@@ -136,6 +149,7 @@ class Metronome:
             return int.from_bytes(expirations, sys.byteorder)
 
     async def _sleep(self) -> int:
+        """The portable timer: ``sleep_until`` on the grid, skipping missed points."""
         await trio.sleep_until(self._deadline)
         now = trio.current_time()
         missed = max(0, math.floor((now - self._deadline) / self.period))

@@ -49,6 +49,9 @@ from tickcast.config import DEFAULT_AGENTS
 
 __all__ = ["DEFAULT_AGENTS", "INITIAL_PRICE", "PRICE_SCALE", "Market"]
 
+# The tick carries price / PRICE_SCALE (`price_norm`), a number near 0.5 that a chart
+# can plot on a fixed scale without knowing the instrument; actions and fills carry
+# the unscaled price.
 PRICE_SCALE: float = 100_000.0
 INITIAL_PRICE: float = 50_000.0
 
@@ -74,7 +77,9 @@ MIN_SIZE: Final = 0.0001
 OUTSIDE_HALF_SPREAD: Final = 0.001
 IMPACT: Final = 0.0004  # log-price move per unit of net outside flow per sqrt(agent)
 VALUE_PULL: Final = 0.002  # share of the log gap to value the outside market closes per tick
-# (amplitude, period in ticks) of the sinusoids making the fundamental log-value
+# (amplitude, period in ticks) of the sinusoids making the fundamental log-value. At the
+# default 10 ticks/s the periods are 4 min, 15 min and 1 h: visible swings on a live
+# chart at every zoom, and at most ~8 % away from INITIAL_PRICE in all.
 FUNDAMENTAL_WAVES: Final = ((0.04, 2_400), (0.025, 9_000), (0.015, 36_000))
 # Experience
 EXPERIENCE_ALPHA: Final = 0.05
@@ -88,6 +93,13 @@ _PRICE: Final = operator.attrgetter("price")
 
 @dataclass(slots=True)
 class _Order:
+    """One limit order of one tick; ``left`` is what the auction has not filled yet.
+
+    Orders live for one tick only: there is no resting book, which is what makes a
+    tick a function of the seed, ``t`` and the state carried over (price, returns,
+    momentum, experiences, inventories).
+    """
+
     agent: int
     side: int  # +1 buy, -1 sell
     price: float
@@ -107,6 +119,8 @@ class Market:
     """
 
     def __init__(self, *, agents: int = DEFAULT_AGENTS, seed: int) -> None:
+        # The fundamental's phases come from their own stream ("...:fundamental"), not
+        # from a tick's, so the value at t does not depend on which ticks were stepped.
         if agents < 1:
             raise ValueError(f"agents must be at least 1, got {agents}")
         self._n = agents
@@ -174,6 +188,8 @@ class Market:
             entries of ``agents`` are shared with the ticks before and after it in
             which that agent's experience is the same: read the tick, do not change it.
         """
+        # Seeded by (seed, t), not drawn from a generator carried between steps: a step
+        # after a restart gets the randomness of its own t (the module's invariants).
         rng = random.Random(f"tickcast:{self._seed}:{t}")
         mid, value = self._price, self._value(t)
         vol = self._vol if self._vol is not None else self._volatility()
@@ -238,11 +254,20 @@ class Market:
     # -- internals ---------------------------------------------------------------------
 
     def _value(self, t: int) -> float:
-        """The fundamental value at tick ``t``: a function of ``(seed, t)`` only."""
+        """The fundamental value at tick ``t``: a function of ``(seed, t)`` only.
+
+        Deterministic rather than a random walk so that it needs no state: a resumed
+        market continues the same value path, and fundamentalists pull the price
+        back toward it whatever the agents did before the restart.
+        """
         return INITIAL_PRICE * math.exp(sum(a * math.sin(w * t + p) for a, w, p in self._waves))
 
     def _volatility(self) -> float:
-        """Population std of the log returns in the rolling window (0 when empty)."""
+        """Population std of the log returns in the rolling window (0 when empty).
+
+        Once per step (``step`` caches it in ``_vol``); O(``VOL_WINDOW``), which is
+        small next to the order loop.
+        """
         n = len(self._returns)
         if n == 0:
             return 0.0
@@ -312,7 +337,13 @@ class Market:
         mid: float,
         price: float,
     ) -> list[dict[str, Any]]:
-        """Book the fills into inventories and experiences; return the tick's matches."""
+        """Book the fills into inventories and experiences; return the tick's matches.
+
+        An agent's score for the tick is half its fill rate (filled / ordered) and half
+        its P&L marked to the new price, squashed by ``tanh`` so that one lucky tick
+        cannot dominate; ``experience`` moves toward it by ``EXPERIENCE_ALPHA``. Only
+        agents that ordered are scored, so an idle agent's experience holds.
+        """
         inventory = self._inventory
         ordered: dict[int, float] = {}
         for o in orders:

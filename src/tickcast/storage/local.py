@@ -58,7 +58,9 @@ logger = logging.getLogger("tickcast.history")
 INLINE_WRITE_LIMIT_S = 0.05
 THREADED_FOR_S = 10.0  # ... for this long
 WRITE_QUEUE = 1024  # ticks the writer may lag behind the source before the source waits
-READ_THREADS = 4  # concurrent history reads off the event loop
+# Concurrent history reads off the event loop. A bound, so that many clients resuming at
+# once queue for the disk instead of each taking one of trio's worker threads.
+READ_THREADS = 4
 
 
 Publish = Callable[[EncodedTick], None]
@@ -72,6 +74,11 @@ class LocalHistory:
     """
 
     def __init__(self, store: SegmentStore, ring: Ring, *, fsync: str) -> None:
+        """Internal: use :meth:`open`, which recovers the store and fills the ring.
+
+        Everything already in the store counts as published: it was written by an
+        earlier process, and a client may have been sent it.
+        """
         self.store = store
         self.ring = ring
         self._times = TimeIndex(store)
@@ -95,7 +102,15 @@ class LocalHistory:
 
     @classmethod
     async def open(cls, config: Config) -> LocalHistory:
-        """Open (and recover) the store in a thread, then refill the ring from its tail."""
+        """Open (and recover) the store in a thread, then refill the ring from its tail.
+
+        The ring is refilled so that clients resuming right after a restart are
+        served from memory, as before it. Cost: one read of ``ring_size`` records.
+
+        Raises:
+            StoreError: the directory is in use by another process or cannot be opened.
+            CorruptRecordError: a record of the tail read back into the ring is damaged.
+        """
 
         def _open() -> tuple[SegmentStore, list[EncodedTick]]:
             store = SegmentStore.open(
@@ -126,6 +141,7 @@ class LocalHistory:
 
     @property
     def epoch(self) -> str:
+        """The store's epoch (its ``EPOCH`` file): new when the directory is new or wiped."""
         return self.store.epoch
 
     @property
@@ -194,6 +210,13 @@ class LocalHistory:
         await self._send.send(tick)
 
     async def _wait_written(self, t: int) -> None:
+        """Wait until tick ``t`` is written (at once for ``t`` < 0 or already written).
+
+        Cancellation: a plain event wait, nothing to undo.
+
+        Raises:
+            StoreError: the writer has failed; nothing will be written any more.
+        """
         while self._written_t < t:
             if self.failure is not None:
                 raise StoreError(f"writer failed: {self.failure}")
@@ -264,6 +287,7 @@ class LocalHistory:
         self.store.enforce_retention()  # retain_s ages segments even without rollovers
 
     def _drain(self) -> list[EncodedTick]:
+        """Every tick queued right now, without waiting (the rest of a batch)."""
         out = []
         while True:
             try:
@@ -272,6 +296,11 @@ class LocalHistory:
                 return out
 
     async def _write(self, batch: list[EncodedTick], publish: Publish) -> None:
+        """Append ``batch`` (inline or in a thread, as allowed), then publish it.
+
+        Raises:
+            StoreError: the append failed; nothing of the batch is published.
+        """
         records = [(tick.t, tick.raw) for tick in batch]
         if self._inline_ok(records):
             self._write_inline(records)
@@ -288,6 +317,11 @@ class LocalHistory:
         )
 
     def _write_inline(self, records: list[tuple[int, bytes]]) -> None:
+        """Append on the event loop, timing it; a slow write sends writes to a thread.
+
+        The write itself is not interrupted (it blocks the loop for as long as it
+        takes, once); only the following ``THREADED_FOR_S`` of writes move off it.
+        """
         now = time.monotonic()
         self.store.append(records)  # page-cache writes only (see the module docstring)
         took = time.monotonic() - now
@@ -306,6 +340,7 @@ class LocalHistory:
         self._wake_published()
 
     def _wake_published(self) -> None:
+        """Wake every :meth:`wait_published` caller, once per batch."""
         if self._published is not None:
             self._published.set()
             self._published = None
@@ -324,6 +359,11 @@ class LocalHistory:
             await self._published.wait()
 
     def _fail(self, reason: str) -> None:
+        """Record the writer's failure and wake every waiter, so each raises it.
+
+        Final: the writer does not restart, the source's ``append`` raises from now on,
+        and ``/health`` says why. What was published stays readable.
+        """
         logger.error("segment writer failed: %s", reason)
         self.failure = reason
         self._written_changed.set()
@@ -352,6 +392,11 @@ class LocalHistory:
         )
 
     async def _read_files(self, from_t: int, limit: int) -> list[EncodedTick]:
+        """Read from the segment files in a worker thread (at most ``READ_THREADS`` at once).
+
+        Cancellation waits for the thread's read to finish (trio does not abandon a
+        worker thread by default); one read is bounded by one page of records.
+        """
         raws = await trio.to_thread.run_sync(self.store.read, from_t, limit, limiter=self._readers)
         return [EncodedTick.from_stored(raw) for raw in raws]
 
@@ -384,6 +429,7 @@ class LocalHistory:
         )
 
     def statistics(self) -> HistoryStatistics:
+        """Ring and segment sizes for ``/metrics`` (the store's figures as last known)."""
         return HistoryStatistics(
             latest_t=self._published_t,
             ring_ticks=len(self.ring),

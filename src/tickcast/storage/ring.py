@@ -3,6 +3,19 @@
 Invariants: ticks are appended with consecutive ``t``; the ring holds exactly the
 ticks ``oldest_t .. latest_t`` (at most ``capacity`` of them); lookups by ``t``
 are O(1) (slot ``t % capacity``).
+
+Why a ring indexed by ``t`` rather than a deque: the common reads are "the tick
+``t``" (a client catching up) and "the newest tick" (a new client's first tick),
+and both are one slot lookup; a replay of ``n`` ticks is ``n`` lookups with no search.
+
+The ring does not start at ``t = 0`` necessarily: the first tick appended (after a
+restart from the segments, or when an edge joins the stream late) may carry any
+``t``, and ``oldest_t`` is then that tick's until the ring has wrapped.
+
+Memory: the ring holds references to :class:`~tickcast.tick.EncodedTick` objects
+and their encoded JSON (``nbytes``); the cached views and frames of a tick are
+dropped once it is ``CACHE_TICKS`` behind the newest, so a large ring does not hold
+a frame per field set for every tick it keeps.
 """
 
 from __future__ import annotations
@@ -11,11 +24,18 @@ from tickcast.tick import EncodedTick
 
 __all__ = ["CACHE_TICKS", "Ring"]
 
-CACHE_TICKS = 1024  # ticks behind the newest whose encoded views/frames stay cached
+# Ticks behind the newest whose encoded views/frames stay cached: live clients and
+# clients catching up from a short lag read them; further back, a replay is rare
+# enough to re-encode.
+CACHE_TICKS = 1024
 
 
 class Ring:
-    """A fixed-capacity buffer of consecutive ticks, indexed by ``t``."""
+    """A fixed-capacity buffer of consecutive ticks, indexed by ``t``.
+
+    Plain and synchronous: no method awaits, so a reader on the trio thread always
+    sees a consistent range (the writer appends from the same thread).
+    """
 
     __slots__ = ("_bytes", "_capacity", "_first", "_latest", "_slots")
 
@@ -30,6 +50,7 @@ class Ring:
 
     @property
     def capacity(self) -> int:
+        """The most ticks held at once (the ``ring_size`` setting)."""
         return self._capacity
 
     @property
@@ -50,12 +71,21 @@ class Ring:
         return self._bytes
 
     def __len__(self) -> int:
+        """Ticks held now: ``latest_t - oldest_t + 1``, 0 when empty."""
         if self._latest is None:
             return 0
         return self._latest - self.oldest_t + 1  # type: ignore[operator]
 
     def append(self, tick: EncodedTick) -> None:
-        """Add the next tick; ``tick.t`` must be ``latest_t + 1`` (any ``t`` when empty)."""
+        """Add the next tick; ``tick.t`` must be ``latest_t + 1`` (any ``t`` when empty).
+
+        When full, the oldest tick is overwritten (and its bytes leave ``nbytes``).
+
+        Raises:
+            ValueError: ``tick.t`` is not the next ``t``; the ring is unchanged. A
+                hole in the ring would break every reader's "consecutive" promise,
+                so it is refused here rather than served.
+        """
         if self._latest is None:
             self._first = tick.t
         elif tick.t != self._latest + 1:
@@ -76,7 +106,7 @@ class Ring:
                 aged.drop_caches()
 
     def get(self, t: int) -> EncodedTick | None:
-        """The tick ``t`` if the ring still holds it."""
+        """The tick ``t`` if the ring still holds it (None: too old, or not yet)."""
         oldest = self.oldest_t
         if oldest is None or t < oldest or t > self._latest:  # type: ignore[operator]
             return None
@@ -87,7 +117,19 @@ class Ring:
         return None if self._latest is None else self._slots[self._latest % self._capacity]
 
     def range(self, from_t: int, limit: int, *, upto: int | None = None) -> list[EncodedTick]:
-        """Up to ``limit`` consecutive ticks from ``from_t`` (which must be held), to ``upto``."""
+        """Up to ``limit`` consecutive ticks from ``from_t`` (which must be held), to ``upto``.
+
+        The list is consecutive from ``from_t`` and never longer than ``limit``; it ends
+        at the newest tick or at ``upto`` (inclusive), whichever comes first.
+
+        Returns:
+            The ticks; ``[]`` when the ring is empty, ``from_t`` is past the newest,
+            or ``limit < 1``.
+
+        Raises:
+            KeyError: ``from_t`` is older than the ring; the caller reads it from the
+                segments (``storage/history.py``'s ``read_through``) instead.
+        """
         oldest = self.oldest_t
         latest = self._latest
         if oldest is None or latest is None or from_t > latest or limit < 1:

@@ -4,6 +4,17 @@ Plain synchronous Python (no trio). :class:`Segment` is the segment's metadata
 and its read / repair logic; :class:`SegmentWriter` appends to the last one.
 The policy around them (which segment is open, rollover, retention, locking)
 lives in :mod:`tickcast.storage.store`. ``docs/storage.md`` is the format spec.
+
+Why two files per segment rather than one: the data file stays plain JSON lines
+that ``tail``, ``grep`` and ``jq`` read as they are, and the index gives O(1)
+lookup by ``t`` plus a CRC-32 per record, so every read is verified with no extra
+I/O. Why raw ``os`` calls rather than Python file objects: writes must be
+unbuffered (data reaches the kernel before its index entry, see below) and reads
+must be positioned (``pread``) so that readers in worker threads share nothing.
+
+Errors: damage is reported as :class:`~tickcast.errors.CorruptRecordError`
+naming the file, byte offset, ``t`` and reason; a corrupt record is never
+returned. ``OSError`` (disk full, permissions) propagates to the store.
 """
 
 # File invariants (what every function here relies on and re-establishes):
@@ -59,12 +70,16 @@ __all__ = [
 
 logger = logging.getLogger("tickcast.storage")
 
+# The index's first 8 bytes: the format name and its version ("01"). A reader that
+# finds anything else treats the index as stale and rebuilds it from the data.
 INDEX_MAGIC = b"TKCIDX01"
 HEADER = struct.Struct("<8sQ")  # magic, base_t
 ENTRY = struct.Struct("<QII")  # offset, length, crc32
 HEADER_SIZE = HEADER.size  # 16
 ENTRY_SIZE = ENTRY.size  # 16
 
+# Twenty digits hold any u64 base and make names sort in t order as plain strings,
+# so `ls` lists the log in order. Any other file in the directory is ignored.
 _NAME = re.compile(r"^(\d{20})\.(jsonl|idx)$")
 _NEWLINE = 0x0A
 
@@ -175,6 +190,12 @@ class Segment:
         One pread of the index entries (plus the previous entry, which anchors
         the first offset) and one contiguous pread of the data range.
 
+        Checked for every record: the entries are contiguous (each starts where
+        the previous one ended plus its newline), the data reaches as far as they
+        say, a newline follows each record, and its CRC-32 matches. All or
+        nothing: the first failure raises and no record of the call is returned.
+        Blocking file I/O: the store runs it in a worker thread.
+
         Raises:
             CorruptRecordError: a record or index entry failed a check; nothing
                 is returned.
@@ -188,6 +209,8 @@ class Segment:
                 self.base_t + self.indexed,
                 f"record missing: the data holds only {self.indexed} of {self.count} records",
             )
+        # The entry before the first one asked for, when there is one: where it ends
+        # is where the first record must start, which catches a damaged first entry.
         first = max(i - 1, 0)
         idx_fd = os.open(self.idx_path, os.O_RDONLY)
         try:
@@ -224,6 +247,8 @@ class Segment:
             os.close(data_fd)
         if len(blob) != expect - start:  # the file shrank under us: treat as damage
             raise CorruptRecordError(self.data_path, start + len(blob), None, "data truncated")
+        # Slices of one blob (one read for the whole range); each verified on its own
+        # so the error names the exact record.
         out: list[bytes] = []
         for k, (offset, length, crc) in enumerate(entries):
             rel = offset - start
@@ -269,6 +294,11 @@ class Segment:
 
         Returns a corruption report when the data holds fewer valid records
         than the segment should (the shortfall stays unreadable), else ``""``.
+
+        Reads the whole data file into memory (about ``segment_bytes``, or one
+        record larger than that). Entries past ``count`` are ignored: a
+        sealed segment's range is fixed by the next segment's base, whatever the
+        data holds.
         """
         logger.warning("rebuilding index %s: %s", self.idx_path, why)
         data = self.data_path.read_bytes()
@@ -295,6 +325,8 @@ class Segment:
         CLEAN marker was found) only sizes are compared, and the full
         recovery runs only if they disagree. Creates missing files.
         """
+        # Every repair below appends a line to `done`; the store logs them at WARNING
+        # and a non-empty list is what makes the two fsyncs at the end necessary.
         done: list[str] = []
         data_fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o644)
         idx_fd = os.open(self.idx_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -327,7 +359,13 @@ class Segment:
         return done
 
     def _recover_tail(self, data_fd: int, idx_fd: int, k: int, dsize: int, done: list[str]) -> int:
-        """The untrusted part of :meth:`recover_last`; returns the record count."""
+        """The untrusted part of :meth:`recover_last`; returns the record count.
+
+        ``k`` is the number of whole index entries and ``dsize`` the data file's
+        size. Steps 3 to 5 of docs/storage.md, "Start-up recovery", in order: drop
+        entries past the data, walk back over trailing records that fail their
+        check, then index the complete lines that follow the last good entry.
+        """
         # Largest m <= k whose entries all end inside the data (ends increase with m).
         lo, hi = 0, k
         while lo < hi:
@@ -372,12 +410,29 @@ class SegmentWriter:
 
     Thread-safety: one writer thread at a time; readers never touch its file
     descriptors (they open their own).
+
+    Attributes:
+        segment: the segment written to (its ``count`` is the store's business).
+        data_end, idx_end: the file sizes after the last successful write; a failed
+            write truncates back to them.
+        dirty: something was written since the last :meth:`sync`.
     """
 
     __slots__ = ("data_end", "data_fd", "dirty", "idx_end", "idx_fd", "segment")
 
     def __init__(self, segment: Segment) -> None:
+        """Open (or create) both files for appending; write the index header if new.
+
+        The segment must be consistent first (``recover_last``, or brand new):
+        appending starts at the current end of each file, whatever is there.
+
+        Raises:
+            OSError: a file cannot be opened or the header cannot be written; no
+                descriptor is left open.
+        """
         self.segment = segment
+        # O_APPEND: every write lands at the end even if something else moved the
+        # offset, so a record can never overwrite an earlier one.
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         self.data_fd = os.open(segment.data_path, flags, 0o644)
         try:
@@ -393,7 +448,16 @@ class SegmentWriter:
         self.dirty = False
 
     def write(self, data: bytes, index: bytes) -> None:
-        """Append ``data`` then its ``index`` entries; on failure undo both and re-raise."""
+        """Append ``data`` then its ``index`` entries; on failure undo both and re-raise.
+
+        ``data`` is one or more whole records (JSON and newline each) and ``index``
+        their packed entries. Data first, so an index entry never points at bytes
+        that are not yet written. Durable only after :meth:`sync` (or the OS's own
+        flush): the fsync policy decides when that is called.
+
+        Raises:
+            OSError: from the write (disk full, I/O error), after the undo was tried.
+        """
         try:
             _write_all(self.data_fd, data)
             _write_all(self.idx_fd, index)
@@ -409,7 +473,13 @@ class SegmentWriter:
         self.dirty = True
 
     def sync(self) -> None:
-        """fdatasync both files if anything was written since the last sync."""
+        """fdatasync both files if anything was written since the last sync.
+
+        Blocking and possibly slow (milliseconds to seconds on a busy disk): called
+        from a worker thread, never on the event loop. Data before index, as for
+        writes. ``fdatasync`` is enough because only the contents and sizes matter,
+        not the timestamps; where it does not exist, ``fsync``.
+        """
         if self.dirty:
             _datasync(self.data_fd)
             _datasync(self.idx_fd)
@@ -432,6 +502,8 @@ def _end_of(idx_fd: int, m: int) -> int:
 
 
 def _write_all(fd: int, buf: bytes) -> None:
+    # os.write may write less than asked (a signal, a nearly full disk); loop until the
+    # whole buffer is written or an OSError says why not.
     view = memoryview(buf)
     while view:
         view = view[os.write(fd, view) :]
@@ -441,7 +513,13 @@ _datasync = getattr(os, "fdatasync", os.fsync)
 
 
 def write_atomic(path: Path, content: bytes) -> None:
-    """Replace ``path`` with ``content`` durably: temp file, fsync, rename, directory fsync."""
+    """Replace ``path`` with ``content`` durably: temp file, fsync, rename, directory fsync.
+
+    A reader sees either the old file or the new one, never a half-written one, and
+    after a crash the new file is there or the old one is. The temp name is fixed
+    (``<name>.tmp``), so two calls for the same path must not run at once (the
+    store serialises rebuilds); a leftover ``.tmp`` from a crash is overwritten.
+    """
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -454,7 +532,11 @@ def write_atomic(path: Path, content: bytes) -> None:
 
 
 def sync_dir(directory: Path) -> None:
-    """fsync a directory, making file creations, renames and deletions in it durable."""
+    """fsync a directory, making file creations, renames and deletions in it durable.
+
+    On Linux a new file's name is only durable once its directory is synced; without
+    this a power cut right after a rollover could lose the new segment's name.
+    """
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

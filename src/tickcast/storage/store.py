@@ -10,6 +10,14 @@ Invariants:
   first read that touches them.
 * A record becomes visible to readers (``next_t``) only after its data and its
   index entry are both written.
+* One process per directory: ``LOCK`` is ``flock``ed for the store's life, so a
+  second tickcast pointed at the same ``data_dir`` fails at start-up instead of
+  interleaving writes. The lock is the kernel's, so a crashed process leaves none.
+
+Why threads and a ``threading.Lock`` here rather than trio: every method may block
+on the disk, so the trio layer (``storage/local.py``) calls them in worker threads,
+and the store has to be safe for that on its own. What each method blocks on, and
+which thread may call it, is in :class:`SegmentStore`'s docstring.
 """
 
 from __future__ import annotations
@@ -51,9 +59,14 @@ EPOCH_NAME = "EPOCH"  # random id of this history, one line of hex
 CLEAN_NAME = "CLEAN"  # written by close(), deleted by open(): the last shutdown was clean
 LOCK_NAME = "LOCK"  # flock()ed by the open store: one writer process per directory
 
-_READ_ATTEMPTS = 16  # a read restarts when retention deletes a segment under it
+# A read restarts when retention deletes a segment under it. Each restart begins at the
+# new oldest_t, so more than one or two in a row means retention is deleting faster
+# than a page is read: give up with an error rather than loop.
+_READ_ATTEMPTS = 16
 
 
+# The options of SegmentStore.open, checked there and then read-only; a NamedTuple so
+# that the check can walk them by name.
 class _Options(NamedTuple):
     # Rollover and retention
     segment_bytes: int
@@ -164,7 +177,11 @@ class SegmentStore:
 
     @property
     def oldest_t(self) -> int | None:
-        """The oldest ``t`` stored, or None when no record is stored."""
+        """The oldest ``t`` stored, or None when no record is stored.
+
+        Moves forward when retention deletes a segment; a reader that was sent an
+        older ``t`` than this just sees its read start later.
+        """
         with self._lock:
             base = self._bases[0]
             return base if self._next_t > base else None
@@ -183,7 +200,11 @@ class SegmentStore:
 
     @property
     def total_bytes(self) -> int:
-        """Bytes of data and index files on disk."""
+        """Bytes of data and index files on disk.
+
+        As last known: older segments' sizes come from a ``stat`` at open (or from a
+        rebuild), the open one's from the writer. What ``retain_bytes`` is held to.
+        """
         return sum(s.data_bytes + s.idx_bytes for s in self.segments)
 
     @property
@@ -264,7 +285,13 @@ class SegmentStore:
 
     def fits(self, records: Sequence[tuple[int, bytes]]) -> bool:
         """Whether ``records`` fit the open segment: an :meth:`append` of them is two
-        ``os.write`` calls and no rollover, file creation or retention."""
+        ``os.write`` calls and no rollover, file creation or retention.
+
+        The trio layer asks this to decide whether an append is cheap enough to make
+        on the event loop (page-cache writes only) or must go to a worker thread.
+        An empty open segment takes anything (a record larger than ``segment_bytes``
+        goes in alone).
+        """
         writer = self._writer
         if writer is None:
             return False
@@ -272,7 +299,11 @@ class SegmentStore:
         return writer.data_end == 0 or writer.data_end + nbytes <= self._opts.segment_bytes
 
     def sync(self) -> None:
-        """fdatasync the open segment's files now if anything is unsynced."""
+        """fdatasync the open segment's files now if anything is unsynced.
+
+        Sealed segments were synced when sealed (unless ``fsync="never"``), so the
+        open one is all there is to sync. Blocks on the disk: a worker thread's job.
+        """
         if self._writer is not None:
             self._writer.sync()
             self._last_sync = time.monotonic()
@@ -289,7 +320,15 @@ class SegmentStore:
         )
 
     def _roll(self) -> None:
-        """Seal the open segment and start a new one at ``next_t``."""
+        """Seal the open segment and start a new one at ``next_t``.
+
+        Order matters for a power cut at any point: unless ``fsync="never"``, the old
+        segment is synced before the new one exists, and the directory after the new
+        files are created, so recovery never finds a new segment whose predecessor
+        is short.
+        ``self._writer`` is None in between, which :meth:`append` reads as "the
+        rollover failed half-way" if an ``OSError`` escapes.
+        """
         old = self._writer
         assert old is not None
         self._writer = None
@@ -326,6 +365,8 @@ class SegmentStore:
             victim = segs[0]
             drop = 0 < retain_bytes < total
             if not drop and retain_s > 0:
+                # The data file's mtime is when the segment was last written to, i.e.
+                # when its newest tick was appended; a vanished file is simply old.
                 try:
                     mtime = os.stat(victim.data_path).st_mtime
                 except FileNotFoundError:
@@ -369,9 +410,11 @@ class SegmentStore:
             self._lock_fd = -1
 
     def __enter__(self) -> SegmentStore:
+        """``with SegmentStore.open(...) as store:`` closes it (and unlocks) on exit."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Close the store; see :meth:`close` (a failed sync raises ``StoreError``)."""
         self.close()
 
     # -- reading (any thread) --------------------------------------------------
@@ -398,6 +441,8 @@ class SegmentStore:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         for _ in range(_READ_ATTEMPTS):
+            # One consistent snapshot of the segment list and the end; everything after
+            # this is I/O without the lock, so a concurrent append cannot tear a page.
             with self._lock:
                 segs, bases, next_t = self._segments, self._bases, self._next_t
             t = max(from_t, bases[0])
@@ -423,7 +468,10 @@ class SegmentStore:
         raise StoreError(f"read from t={from_t} kept losing segments to retention")
 
     def tail(self, n: int) -> list[bytes]:
-        """The last ``n`` records (fewer if fewer exist), verified like :meth:`read`."""
+        """The last ``n`` records (fewer if fewer exist), verified like :meth:`read`.
+
+        What the history loads into its ring at start-up (``ring_size`` records).
+        """
         return self.read(self.next_t - n, n) if n > 0 else []
 
     def _check(self, seg: Segment) -> None:
@@ -442,6 +490,11 @@ class SegmentStore:
         seg.checked = False  # the index vanished: rebuild it on the retry
 
     def _report(self, text: str) -> None:
+        """Log a corruption report once and keep it for ``/health`` (duplicates dropped).
+
+        The list only grows: a damaged record stays damaged until an operator acts,
+        so ``/health`` keeps saying so rather than forgetting after one read.
+        """
         with self._lock:
             if text in self._corruption:
                 return
@@ -450,7 +503,22 @@ class SegmentStore:
 
 
 def _load(directory: Path) -> tuple[str, list[Segment]]:
-    """List ``directory``, settle the epoch and CLEAN marker, recover the last segment."""
+    """List ``directory``, settle the epoch and CLEAN marker, recover the last segment.
+
+    The segments' ranges come from the file names alone (each ends where the next
+    begins), so only the last segment is opened. ``CLEAN`` is deleted before any
+    repair: if this start-up crashes too, the next one must not trust the files.
+    A CLEAN marker from another epoch (a directory restored from elsewhere) is not
+    trusted either.
+
+    Returns:
+        The epoch and every segment, oldest first; the last one recovered and
+        open for appending.
+
+    Raises:
+        OSError: the directory cannot be listed or a file cannot be written
+            (``SegmentStore.open`` turns it into a ``StoreError``).
+    """
     clean: dict[str, object] = {}
     with contextlib.suppress(FileNotFoundError):
         content = (directory / CLEAN_NAME).read_bytes()

@@ -92,6 +92,11 @@ class TimeIndex:
     """
 
     def __init__(self, store: SegmentStore) -> None:
+        """An index over ``store`` that starts empty and learns as it searches.
+
+        Nothing is read up front, so start-up cost stays independent of history; the
+        first search over a segment reads one record head to cache its last ``ts``.
+        """
         self._store = store
         self._last_ts: dict[int, float] = {}  # base_t of a sealed segment -> its last ts
 
@@ -121,6 +126,11 @@ class TimeIndex:
         raise StoreError(f"time search for ts={x} kept losing segments to retention")
 
     def _search(self, segs: Sequence[Segment], x: float, end: int) -> int:
+        """Two bisections: over the segments by their last ``ts``, then inside one.
+
+        Raises:
+            _Moved: retention deleted a probed record; :meth:`find` searches again.
+        """
         # Segments holding ticks below ``end`` (an empty last segment has base_t == next_t).
         k_end = bisect.bisect_left(segs, end, key=lambda s: s.base_t)
         if k_end == 0:
@@ -161,12 +171,14 @@ class _Probe:
         self._idx = self._data = -1
 
     def __enter__(self) -> _Probe:
+        """Open both files once for every probe of this search (a bisection makes ~log2 n)."""
         with contextlib.suppress(FileNotFoundError):  # then every probe reads verified
             self._idx = os.open(self._seg.idx_path, os.O_RDONLY)
             self._data = os.open(self._seg.data_path, os.O_RDONLY)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Close what was opened; exceptions pass through."""
         for fd in (self._idx, self._data):
             if fd >= 0:
                 os.close(fd)
@@ -184,6 +196,15 @@ class _Probe:
         return self._verified(t)
 
     def _verified(self, t: int) -> float:
+        """``ts`` of record ``t`` through the store's checked read (index, CRC, retention).
+
+        The slow path, for a head that does not parse or a segment whose files were
+        not open: it is also how damage met by a search gets reported in ``/health``.
+
+        Raises:
+            _Moved: retention deleted ``t`` meanwhile.
+            CorruptRecordError: the record is damaged, or holds another ``t``.
+        """
         raws = self._store.read(t, 1)  # checks the index and the CRC; reports damage
         if not raws:
             raise _Moved

@@ -20,6 +20,13 @@ Hypercorn builds the frames and compresses per connection, and shields its sends
 so a close to a client that does not read is bounded by TCP, not by us. It also
 reads and answers pings and a client's close itself, whatever is waiting to be
 sent, and then cancels this session's task: no tick is sent after the close.
+
+Why keep it when the raw transport is faster: it is what runs under any stock ASGI
+deployment (``hypercorn --worker-class trio tickcast.asgi:app``), behind whatever a
+platform puts in front, with the same protocol and the same guarantees to clients.
+
+Memory per client is bounded by the channel (``ASGI_QUEUE`` ticks, shared bytes)
+plus what Hypercorn holds for one send.
 """
 
 from __future__ import annotations
@@ -41,7 +48,10 @@ from tickcast.wire import CloseCode
 
 __all__ = ["ASGI_QUEUE", "AsgiSession"]
 
-ASGI_QUEUE = 64  # ticks buffered per ASGI connection before it falls back to catch-up
+# Ticks buffered per ASGI connection before it falls back to catch-up. The items are
+# references to shared ticks, so 64 costs a few hundred bytes per client, and covers a
+# burst of several seconds at the default rate before history takes over.
+ASGI_QUEUE = 64
 
 
 class AsgiSession:
@@ -57,6 +67,14 @@ class AsgiSession:
     def __init__(
         self, service: Service, params: StreamParams, *, ip: str, beats: Heartbeats
     ) -> None:
+        """A session for one accepted websocket (the route builds it after ``admit``).
+
+        Args:
+            service: the running service (hub, history, counters, settings).
+            params: the admitted query.
+            ip: the address whose connection slot this session holds.
+            beats: the app's shared heartbeat timer.
+        """
         self.service = service
         self.params = params
         self.ip = ip
@@ -88,6 +106,7 @@ class AsgiSession:
 
     @property
     def allowance(self) -> int:
+        """Extra lag tolerated after a deep resume (the protocol's; the hub's lag rule)."""
         return self.protocol.allowance
 
     @allowance.setter
@@ -96,10 +115,12 @@ class AsgiSession:
 
     @property
     def live(self) -> bool:
+        """Whether the hub delivers to this session's channel (the protocol's state)."""
         return self.protocol.live
 
     @property
     def lane(self) -> Lane | None:
+        """Always None: lanes share frames, and Hypercorn frames every send itself."""
         return self.protocol.lane  # type: ignore[return-value]  # always None: never joins
 
     @lane.setter
@@ -125,7 +146,12 @@ class AsgiSession:
     # -- sending ------------------------------------------------------------------------
 
     async def send_message(self, payload: bytes) -> None:
-        """Send one JSON message as text; waits as long as Hypercorn's send does."""
+        """Send one JSON message as text; waits as long as Hypercorn's send does.
+
+        Backpressure: Hypercorn's send waits for the socket, so a client that does not
+        read stalls this task (and only this task); the hub meanwhile finds the
+        channel full and the stream falls behind. Counted once sent.
+        """
         await websocket.send(payload.decode())
         self._traffic.sent(len(payload))
 
@@ -137,7 +163,11 @@ class AsgiSession:
             protocol.sent_t = group[-1].t
 
     def deliver(self, tick: EncodedTick) -> bool:
-        """The hub's: queue ``tick`` in the channel; False when it is full (fell behind)."""
+        """The hub's: queue ``tick`` in the channel; False when it is full (fell behind).
+
+        Never blocks (``send_nowait``): called inside ``Hub.publish`` for every live
+        session, so one slow client cannot delay the others.
+        """
         try:
             self._send.send_nowait(tick)
         except trio.WouldBlock:
@@ -179,9 +209,11 @@ class AsgiSession:
                 if not self.protocol.live:
                     return
                 first = await self._receive.receive()
-            if isinstance(first, bytes):
+            if isinstance(first, bytes):  # a heartbeat that found no tick ahead of it
                 await self.send_message(first)
                 continue
+            # Whatever else is already waiting joins this message, up to `batch`; a
+            # heartbeat behind them ends the group and is sent after it, in order.
             group = [first]
             beat: bytes | None = None
             while len(group) < self.params.batch:
@@ -201,6 +233,11 @@ class AsgiSession:
 
     async def read_messages(self) -> None:
         """Answer each client message; Hypercorn answers pings and closes itself.
+
+        The size check comes after Hypercorn has received the whole message (its own
+        ``websocket_max_message_size`` bounds that); past ``MAX_CLIENT_MESSAGE`` the
+        stream still closes with 1009, as on the raw transport. Replies are sent from
+        this task, between the live task's messages, never inside one.
 
         Raises:
             StreamEnded: a message over ``MAX_CLIENT_MESSAGE`` bytes (close 1009).

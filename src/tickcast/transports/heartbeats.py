@@ -83,6 +83,11 @@ class Heartbeats:
     """The FIFO of sessions by due time, and the task that serves it (:meth:`run`)."""
 
     def __init__(self, period: float, message: Callable[[], bytes]) -> None:
+        """A timer beating every ``period`` seconds (the ``heartbeat_s`` setting).
+
+        ``message`` builds the heartbeat's JSON; it is called once per wake-up, so its
+        ``latest_t`` and ``ts`` are those of the moment the beats go out.
+        """
         self.period = period
         self.slack = min(SLACK_S, period * SLACK_SHARE)
         self._message = message
@@ -90,6 +95,7 @@ class Heartbeats:
         self._added = trio.Event()
 
     def __len__(self) -> int:
+        """Entries in the FIFO, ended sessions not yet dropped included."""
         return len(self._due)
 
     def add(self, session: Beating) -> None:
@@ -98,7 +104,12 @@ class Heartbeats:
         self._added.set()
 
     async def run(self) -> None:
-        """Give each session its beats, until cancelled."""
+        """Give each session its beats, until cancelled.
+
+        Idle (one event wait) while no session is due; cancellation is taken at either
+        wait and leaves the FIFO as it was. Never blocks on a session: ``beat`` only
+        queues a message.
+        """
         due = self._due
         while True:
             if not due:

@@ -7,6 +7,19 @@ check the HTTP routes that need the token (``/incremental``, ``/``) make.
 A transport calls :func:`admit` once, answers a :class:`Refusal` with its status
 and JSON body, and otherwise upgrades and hands the slot to its session, which
 gives it back when it ends.
+
+Why one module for both transports: the raw front door and the ASGI route must
+refuse the same requests with the same status and body, in the same order, and
+the only way to keep that true is to have one function decide.
+
+Invariants:
+
+* the checks run in a fixed order, cheapest and least revealing first: the token
+  (401, so an unauthenticated client learns nothing else), availability (503), the
+  query (400), the limits (429). Only the last takes anything, so a refusal never
+  needs undoing;
+* plain Python, no I/O and no await: admission cannot be cancelled half-way;
+* neither a presented token nor the expected one appears in a refusal.
 """
 
 from __future__ import annotations
@@ -32,7 +45,13 @@ class Admission:
 
 
 class Refusal(Exception):
-    """The connection is refused before the upgrade with ``status`` and a JSON body."""
+    """The connection is refused before the upgrade with ``status`` and a JSON body.
+
+    An exception rather than a return value so that :func:`authorize` can be shared
+    with the HTTP routes, which turn it into the same JSON error response.
+    ``error`` is the machine-readable code (``bad_request``, ``unauthorized``,
+    ``unavailable``, ``too_many_connections``), ``detail`` the sentence for people.
+    """
 
     def __init__(self, status: int, error: str, detail: str) -> None:
         super().__init__(f"{status} {error}: {detail}")
@@ -41,6 +60,7 @@ class Refusal(Exception):
         self.detail = detail
 
     def body(self) -> bytes:
+        """The JSON body ``{"error", "detail"}`` every HTTP error of tickcast has."""
         return error_body(self.error, self.detail)
 
     def headers(self) -> list[tuple[str, str]]:
@@ -62,6 +82,8 @@ def authorize(
     """
     if read_token is None:
         return
+    # Both forms may be present (a browser page that also sends a header); either one
+    # being right admits. A header with another scheme (Basic) counts as absent.
     presented: list[str] = []
     if authorization is not None:
         scheme, _, credentials = authorization.strip().partition(" ")
@@ -95,6 +117,10 @@ def admit(
 
     ``unavailable`` is why the service cannot stream yet (an edge that has not
     reached its stream), or None.
+
+    On success the caller holds one slot in ``limits`` for ``Admission.ip`` and must
+    give it back exactly once, whether or not the upgrade then succeeds (the
+    sessions' ``release``).
 
     Raises:
         Refusal: 401 without the read token, 503 while unavailable, 400 for a bad

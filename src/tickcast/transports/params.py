@@ -3,6 +3,17 @@
 Every invalid value, and every parameter a route does not take (a typo such as
 ``lmit`` is never dropped silently), raises :class:`BadParam` naming the parameter;
 the caller turns it into HTTP 400 with a JSON body (before any WebSocket upgrade).
+
+Why not let a framework parse them: the rules are the same for the stream (read by
+the raw front door before any framework sees the request) and for the HTTP routes,
+and the messages must be the same words in both. The documented constraints
+(``web/schemas.py``, hence ``/openapi.json`` and ``/asyncapi.json``) describe what
+these functions accept, and ``tests/test_query_params.py`` holds the two together.
+
+Invariants: parameters are checked in a fixed, documented order and the first
+fault is the one named; values are accepted only in their plain decimal form
+(no ``+``, no whitespace, no ``0x``, no ``inf``/``nan``), so what a client sends is
+what the server understood; nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -37,7 +48,10 @@ STREAM_PARAMS = frozenset({"from_t", "from_ts", "fields", "batch", "token"})
 # The query parameters /incremental takes.
 PAGE_PARAMS = frozenset({"from_t", "from_ts", "to_t", "to_ts", "limit", "fields", "token"})
 
+# ASCII digits only (Python's int() also takes "١٢" and "1_000"); the sign is allowed
+# so that "-1" is answered "must be >= 0" rather than "not an integer".
 _DIGITS = re.compile(r"-?[0-9]+\Z")
+# A decimal with an optional exponent; float() would also take "inf", "nan" and spaces.
 _DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 
 
@@ -52,6 +66,12 @@ class BadParam(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StreamParams:
+    """``/ws/stream``'s query, validated: where to start, which keys, how many per message.
+
+    Neither ``from_t`` nor ``from_ts``: the stream starts with the latest tick.
+    ``batch`` is at least 1 (1: every tick its own message).
+    """
+
     from_t: int | None = None
     from_ts: float | None = None  # unix seconds; with from_t too, both bounds apply
     fields: Fields = None
@@ -137,7 +157,10 @@ def start_params(query: Mapping[str, str]) -> tuple[int | None, float | None]:
 
 def start_t(from_t: int | None, seek_t: int | None) -> int | None:
     """Where a page or stream starts, given ``from_t`` and the ``t`` a ``from_ts`` seek
-    found (None when that parameter is absent): the later of the two bounds."""
+    found (None when that parameter is absent): the later of the two bounds.
+
+    The later one because both are lower bounds: a tick must satisfy both.
+    """
     if seek_t is None:
         return from_t
     return seek_t if from_t is None else max(from_t, seek_t)

@@ -30,6 +30,16 @@ Invariants:
 * Every exit releases the connection slot first, then closes: a close frame with its
   code, a bounded flush (``config.close_grace_s``), and an abortive close (RST) if the client
   will not take the bytes — so a stalled client's socket never lingers.
+
+Why a raw socket at all, next to the portable ASGI transport: at thousands of
+clients the cost per tick per client is what limits a server, and here it is one
+``send`` of shared bytes with no task switch, no per-client encoding and no
+per-client timer (docs/performance.md has the figures). Everything that is not
+byte-moving (state, lag rule, messages) is the shared protocol's, so the two
+transports cannot drift apart in behaviour.
+
+Threads: none. Everything runs on the trio thread; the socket is non-blocking, and
+waits are ``trio.lowlevel.wait_readable`` / ``wait_writable``.
 """
 
 from __future__ import annotations
@@ -82,6 +92,14 @@ class RawLane:
     """
 
     def __init__(self, hub: Hub, traffic: Traffic, fields: Fields, wbits: int) -> None:
+        """An empty lane; the hub makes one per key on first use (:meth:`Hub.lane`).
+
+        Args:
+            hub: the hub whose ``leave`` short members are handed to.
+            traffic: counts the lane's messages and bytes, once per tick.
+            fields: the members' field set (every member gets the same view).
+            wbits: the members' deflate window, 0 without compression.
+        """
         self.hub = hub
         self.traffic = traffic
         self.fields = fields
@@ -95,7 +113,10 @@ class RawLane:
         """How many sessions the lane serves."""
         return len(self._members)
 
-    t: int = -1  # the last tick every member has been given (the hub advances it)
+    # The last tick every member has been given (the hub advances it). A member's own
+    # position is implied by it while in the lane, which is what lets publish() skip
+    # every per-member write.
+    t: int = -1
 
     def members(self) -> Iterable[Subscriber]:
         """The member sessions, in joining order."""
@@ -124,6 +145,8 @@ class RawLane:
         frame = tick_frame(tick, self.fields, self.wbits)
         n = len(frame)
         members = self._members
+        # Members cannot leave during the loop (hub.leave mutates the dict), so the short
+        # ones are collected and handled after it.
         short: list[tuple[socket.socket, int | OSError]] = []
         for sock in members:
             try:
@@ -157,6 +180,11 @@ class RawSession:
     the client, and the bounded close. :func:`stream.serve` drives it. It is also
     the hub's subscriber: ``next_t``, ``live``, ``allowance`` and ``lane`` are its
     protocol's.
+
+    Memory per client is bounded: the outbox by ``live_backlog`` while live (a tick
+    that would pass it is refused and the session catches up from history) and by
+    ``high_water`` plus one message while catching up; unanswered client input by
+    ``UNANSWERED_INPUT``. Nothing else grows with the client's slowness.
     """
 
     def __init__(
@@ -173,6 +201,21 @@ class RawSession:
         live_backlog: int = LIVE_BACKLOG,
         high_water: int = CATCH_UP_HIGH_WATER,
     ) -> None:
+        """A session for one upgraded connection (the front door builds it).
+
+        Args:
+            service: the running service (hub, history, counters, settings).
+            params: the admitted query (``intake.admit``).
+            ip: the address whose connection slot this session holds.
+            sock: the connected non-blocking socket, after the 101 was sent.
+            ws: wsproto's connection, past the handshake: it parses the client's
+                frames and serialises pongs and close replies.
+            wbits: the negotiated deflate window, 0 without compression.
+            beats: the shared heartbeat timer (one for every session).
+            live_backlog: outbox bytes a live client may have pending before a tick
+                is refused (tests lower it to force the fallback).
+            high_water: outbox bytes above which a catch-up or a reply waits.
+        """
         self.service = service
         self.params = params
         self.ip = ip
@@ -220,6 +263,7 @@ class RawSession:
 
     @property
     def allowance(self) -> int:
+        """Extra lag tolerated after a deep resume (the protocol's; the hub's lag rule)."""
         return self.protocol.allowance
 
     @allowance.setter
@@ -228,10 +272,12 @@ class RawSession:
 
     @property
     def live(self) -> bool:
+        """Whether the hub delivers to this session directly (the protocol's state)."""
         return self.protocol.live
 
     @property
     def lane(self) -> Lane | None:
+        """The :class:`RawLane` this session is a member of, if any (the hub's to set)."""
         return self.protocol.lane  # type: ignore[return-value]  # only the hub sets it
 
     @lane.setter
@@ -257,7 +303,12 @@ class RawSession:
     # -- writing ----------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        """Queue ``data`` after what is pending, sending at once if nothing is."""
+        """Queue ``data`` after what is pending, sending at once if nothing is.
+
+        Never blocks and never raises for a socket error: a broken socket is recorded
+        (:meth:`_break`) and every later write is dropped; the waits raise
+        ``PeerGone``. That keeps the hub's synchronous delivery free of error paths.
+        """
         if self._broken is not None:
             return
         if self._out:
@@ -335,6 +386,8 @@ class RawSession:
 
     def _send_pending(self) -> None:
         """Give the kernel what it takes of the outbox now (one ``sendmsg``, no wait)."""
+        # One scatter-gather call for up to 64 buffers (well under Linux's IOV_MAX of
+        # 1024): no joining of frames into a new bytes object, one system call.
         out = self._out
         try:
             n = self.sock.sendmsg(list(out)[:64])
@@ -360,6 +413,9 @@ class RawSession:
     async def _flush(self, low_water: int = 0) -> None:
         """Wait until at most ``low_water`` bytes are pending.
 
+        Cancellation: safe at the ``wait_writable``; what was not sent stays in the
+        outbox, and the close path (which runs after) decides what to do with it.
+
         Raises:
             PeerGone: the connection broke.
         """
@@ -370,11 +426,22 @@ class RawSession:
             raise PeerGone(str(self._broken))
 
     def count(self, nbytes: int) -> None:
-        """Count one message of ``nbytes`` payload bytes sent to this client."""
+        """Count one message of ``nbytes`` payload bytes sent to this client.
+
+        Payload bytes (the JSON, before framing and compression), so ``/metrics``
+        figures are comparable across transports and compression settings.
+        """
         self._traffic.sent(nbytes)
 
     async def send_message(self, payload: bytes) -> None:
-        """Write one JSON message, then wait while the outbox is over the high-water mark."""
+        """Write one JSON message, then wait while the outbox is over the high-water mark.
+
+        Backpressure: the message is queued at once (never dropped); only the return
+        waits, so a slow client slows its own session task and nothing else.
+
+        Raises:
+            PeerGone: the connection broke.
+        """
         self._write(message_frame(payload, self.wbits))
         self.count(len(payload))
         await self._flush(self._high_water)
@@ -415,7 +482,13 @@ class RawSession:
     # -- the hub's side ---------------------------------------------------------------
 
     def deliver(self, tick: EncodedTick) -> bool:
-        """The one-by-one path (the outbox is not empty, or not yet in the lane)."""
+        """The one-by-one path (the outbox is not empty, or not yet in the lane).
+
+        Called by the hub inside ``Hub.publish``, so it must not block: the frame is
+        sent or queued, and the position moves. Returns False, taking nothing, when
+        the outbox is past ``live_backlog`` (or the socket broke); the hub then calls
+        :meth:`fell_behind`. Joins the lane when the frame went out whole.
+        """
         if self._out_bytes > self._live_backlog or self._broken is not None:
             return False
         fields = self.params.fields
@@ -437,6 +510,9 @@ class RawSession:
         """Flush the outbox while the hub delivers; rejoin the lane whenever it is empty.
 
         Returns when the stream fell behind (the protocol is no longer live).
+        Cancellation (the stream ending from outside: 4008, 4009, shutdown) is
+        taken at either wait; the session stays in whatever lane it is in until
+        :func:`stream.release` takes it out of the hub.
 
         Raises:
             PeerGone: the socket broke.
@@ -523,7 +599,11 @@ class RawSession:
                     raise PeerGone(f"client closed ({event.code})", end=End.CLIENT_CLOSED)
 
     def _answer(self, message: bytes) -> None:
-        """Write the protocol's reply to one whole client message."""
+        """Write the protocol's reply to one whole client message.
+
+        The protocol decides the reply (a pong, or an error for anything else); this
+        only frames it. Never blocks: the caller has checked there is room.
+        """
         reply = self.protocol.reply(message)
         self._write(message_frame(reply, self.wbits))
         self.count(len(reply))
@@ -537,7 +617,22 @@ class RawSession:
     # -- closing ----------------------------------------------------------------------
 
     async def close_connection(self, code: CloseCode | None, reason: str) -> None:
-        """Close frame after the outbox, bounded flush, half-close, drain; else RST."""
+        """Close frame after the outbox, bounded flush, half-close, drain; else RST.
+
+        The close frame goes after everything already queued, so a client evicted
+        with 4008 has every tick before the ``from_t`` its reason names. The whole
+        close is bounded by ``close_grace_s`` (``SHUTDOWN_GRACE`` at shutdown): a
+        client that does not read in that time gets a reset (``SO_LINGER`` 0), which
+        frees the socket's kernel buffers at once instead of lingering in FIN_WAIT.
+        Draining the input before closing avoids the reset that closing a socket
+        with unread data would send, which could destroy the close frame in flight.
+
+        Args:
+            code: the close code to send; None sends no close frame (the client
+                closed first and the reply is already queued, or the connection is
+                lost and only the socket is closed).
+            reason: the close reason, cut to fit a control frame.
+        """
         end = self.protocol.end
         sock = self.sock
         clean = False
@@ -568,6 +663,7 @@ class RawSession:
         self._out_bytes = 0
 
     async def _flush_quietly(self) -> None:
+        # Closing anyway: a broken socket only means there is nothing left to flush.
         with contextlib.suppress(PeerGone):
             await self._flush()
 

@@ -148,6 +148,11 @@ async def serve(session: Session) -> None:
 
 
 def _end_of(exc: BaseException) -> End:
+    """The end an exception out of :func:`run` stands for (and so the close code).
+
+    A damaged record gets its own end (1011 with a reason that says so); anything
+    unexpected is an internal error, logged by the caller with its traceback.
+    """
     if isinstance(exc, StreamEnded | PeerGone):
         return exc.end
     if isinstance(exc, CorruptRecordError):
@@ -156,6 +161,11 @@ def _end_of(exc: BaseException) -> End:
 
 
 async def _read(session: Session) -> None:
+    """The reader side of :func:`serve`: read until the client ends, then stop the stream.
+
+    Whatever ends the reading (a close, a reset, a too-big message, a bug) releases
+    the slot with its end first, so the stream side, cancelled next, closes with it.
+    """
     try:
         await session.read_messages()
     except (StreamEnded, PeerGone) as exc:

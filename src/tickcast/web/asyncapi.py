@@ -8,6 +8,21 @@ batch, heartbeat, pong and error, and *receives* ping. The query string is the
 WebSocket channel binding's ``query`` (AsyncAPI channel parameters are for the
 address only). Close codes and handshake refusals, which AsyncAPI has no object
 for, are the channel's ``x-close-codes`` and ``x-handshake-refusals``.
+
+Invariants (``tests/test_asyncapi.py`` and ``tests/test_wire.py`` check them):
+
+* every ``wire.CloseCode`` has exactly one entry in :data:`CLOSE_CODES`, and every
+  ``wire.MessageType`` exactly one message, so adding a code or a message type to
+  the wire module without describing it here fails the tests rather than shipping
+  an incomplete document;
+* every example payload is valid by the document's own schemas, and the messages a
+  real server sends are valid by them too: the examples are not decoration;
+* the document is valid AsyncAPI 3.0 (checked against the official JSON Schema).
+
+The module is pure: :func:`document` does no I/O and keeps no state, so the route
+builds it per request (only ``host`` and the scheme change) and tests call it
+directly. Numbers that a reader acts on (the batch cap, the largest client message)
+are formatted from the constants the server enforces, never written as literals.
 """
 
 from __future__ import annotations
@@ -23,10 +38,18 @@ from tickcast.wire import MAX_BATCH, MAX_CLIENT_MESSAGE, CloseCode, MessageType
 
 __all__ = ["CLOSE_CODES", "SERVER_MESSAGES", "document"]
 
+# Where msgspec's schemas are put: AsyncAPI 3.0 keeps reusable schemas under
+# components/schemas, as OpenAPI does, so one ref template serves both documents.
 REF = "#/components/schemas/{name}"
+# The one channel's key; `/ws/stream` is its address. Operations and message refs
+# point at it, so it is named once.
 CHANNEL = "stream"
 
 # Every code the server closes with: the reason it sends, and what a client should do.
+# The reason is built from the same `protocol.End` template the server uses (formatted
+# with a sample value where it carries one), so the document shows the exact text a
+# client will parse. An empty reason: the code is sent without one (or, for 1000, echoed).
+# The advice is part of the contract: the bundled client (`tickcast.client`) follows it.
 CLOSE_CODES: dict[CloseCode, tuple[str, str]] = {
     CloseCode.NORMAL: (
         "",
@@ -66,6 +89,9 @@ CLOSE_CODES: dict[CloseCode, tuple[str, str]] = {
 }
 
 # The HTTP answers to an upgrade that is refused, each with a JSON error body.
+# status -> (the body's `error` value, when a client gets it). A refusal happens before
+# the upgrade, so no close code is involved: a client sees an HTTP response, not a
+# WebSocket. The order of the 400 checks is stated because only the first fault is named.
 REFUSALS: dict[int, tuple[str, str]] = {
     400: (
         "bad_request",
@@ -79,7 +105,10 @@ REFUSALS: dict[int, tuple[str, str]] = {
     ),
 }
 
-# name -> (model, summary, example payload)
+# What the server sends. name -> (model, summary, example payload). The name is the
+# message's `type` value (from `wire.MessageType`, never a literal), and doubles as the
+# message's key in the document. Examples are real output, trimmed: they must validate
+# against the model's schema (the tests check), so edit the two together.
 SERVER_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
     MessageType.HELLO.value: (
         schemas.Hello,
@@ -131,6 +160,8 @@ SERVER_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
     ),
 }
 
+# What a client may send, shaped as SERVER_MESSAGES. Only ping: the stream takes no
+# other command, and anything else is answered with an error message, not obeyed.
 CLIENT_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
     MessageType.PING.value: (
         schemas.Ping,
@@ -140,6 +171,9 @@ CLIENT_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
     ),
 }
 
+# The channel's description, also the document's: the ordering guarantee (hello, then
+# the latest tick or the replay, then live; `t` consecutive) is what a client relies
+# on, so it is said up front rather than left to the per-message summaries.
 DESCRIPTION = """\
 The live tick stream. Every server message is one JSON object in one text frame.
 
@@ -154,6 +188,12 @@ Refused upgrades (`x-handshake-refusals`) are HTTP responses with a JSON body
 
 
 def _message(name: str, model: type[msgspec.Struct], summary: str, example: Any) -> dict[str, Any]:
+    """One AsyncAPI Message Object: the payload by reference, one named example.
+
+    The payload is a ``$ref`` into ``components/schemas`` (where msgspec put the
+    model), so a schema shared by two messages (``Tick`` inside ``Batch``) is
+    written once.
+    """
     return {
         "name": name,
         "title": name,
@@ -165,12 +205,28 @@ def _message(name: str, model: type[msgspec.Struct], summary: str, example: Any)
 
 
 def document(host: str, *, secure: bool = False) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document for a server reached at ``host`` (``name[:port]``)."""
+    """The AsyncAPI 3.0 document for a server reached at ``host`` (``name[:port]``).
+
+    The document names the server the reader reached, so that tools pointed at
+    ``/asyncapi.json`` connect back to the same place, whatever name or proxy the
+    client used; everything else is the same for every call.
+
+    Args:
+        host: the ``Host`` the request came in on, copied into ``servers`` as is.
+        secure: whether the page was reached over TLS; the server's protocol is then
+            ``wss`` instead of ``ws``.
+
+    Returns:
+        A fresh JSON-ready dict (the caller may mutate or encode it). Component schemas
+        are sorted by name so that the encoded document is stable between runs.
+    """
     models: list[type[msgspec.Struct]] = [schemas.StreamQuery]
     models += [model for model, _, _ in SERVER_MESSAGES.values()]
     models += [model for model, _, _ in CLIENT_MESSAGES.values()]
     _, components = msgspec.json.schema_components(models, ref_template=REF)
-    query = components.pop("StreamQuery")  # inline: the ws binding takes no reference
+    # Inline: the ws binding's `query` must be a schema object, not a reference, and
+    # StreamQuery is not a message, so it has no business among the components.
+    query = components.pop("StreamQuery")
     messages = {
         name: _message(name, model, summary, example)
         for name, (model, summary, example) in {**SERVER_MESSAGES, **CLIENT_MESSAGES}.items()
@@ -178,6 +234,8 @@ def document(host: str, *, secure: bool = False) -> dict[str, Any]:
     channel_ref = {"$ref": f"#/channels/{CHANNEL}"}
 
     def refs(names: Any) -> list[dict[str, str]]:
+        # Operations must refer to the channel's messages, not to components/messages
+        # directly (AsyncAPI 3.0): the channel lists what it carries; operations pick.
         return [{"$ref": f"#/channels/{CHANNEL}/messages/{name}"} for name in names]
 
     return {
@@ -222,6 +280,8 @@ def document(host: str, *, secure: bool = False) -> dict[str, Any]:
                 ],
             }
         },
+        # From the server's side (it is the application described): it *sends* the
+        # stream and *receives* pings, whose reply goes back on the same channel.
         "operations": {
             "sendStream": {
                 "action": "send",
@@ -240,6 +300,8 @@ def document(host: str, *, secure: bool = False) -> dict[str, Any]:
         "components": {
             "schemas": dict(sorted(components.items())),
             "messages": messages,
+            # The same two ways of presenting the read token as the HTTP API; the
+            # server checks them only when `read_token` is set (the README's settings).
             "securitySchemes": {
                 "readBearer": {
                     "type": "http",

@@ -88,6 +88,11 @@ def raise_open_files_limit(max_connections: int) -> int:
 
 
 def _open_spare() -> int | None:
+    """One spare descriptor (``/dev/null``, read-only), or None when none is left.
+
+    ``/dev/null`` because opening it costs nothing and holds no resource but the
+    descriptor itself; ``O_CLOEXEC`` so that a child process never inherits it.
+    """
     try:
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -102,6 +107,7 @@ class Reserve:
     """
 
     def __init__(self) -> None:
+        """Open the spares now, at start-up, while descriptors are plentiful."""
         self._fds: list[int] = []
         self._refill()
         self._next_log = -math.inf

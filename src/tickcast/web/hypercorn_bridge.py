@@ -13,6 +13,10 @@ signature in 0.16, 0.17 and 0.18. So:
 * :func:`shape_mismatches` compares what is installed with the shape this module
   was written against, and ``tests/test_hypercorn_bridge.py`` fails naming every
   difference, so an upgrade breaks a test, not production.
+
+What it does not do: accept connections, read request heads, or route WebSockets
+(``web/frontdoor.py`` does); TLS (``tickcast serve`` listens in plain TCP, as a
+deployment behind a TLS-terminating proxy expects).
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from hypercorn.utils import wrap_app
 __all__ = ["TESTED", "HypercornHandler", "shape_mismatches"]
 
 TESTED = "0.18"  # the Hypercorn minor version this module was written and tested against
-KEEP_ALIVE_S = 30  # seconds an idle HTTP/1.1 connection stays open
+# Seconds an idle HTTP/1.1 connection stays open: long enough for a dashboard's polling
+# to reuse its connection, short enough that idle sockets do not pile up.
+KEEP_ALIVE_S = 30
 
 # The parameters (names, in order) of every internal callable used below.
 _SHAPE: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
@@ -64,16 +70,27 @@ def shape_mismatches() -> list[str]:
 
 
 class HypercornHandler:
-    """Serves one already-accepted connection with Hypercorn's HTTP machinery."""
+    """Serves one already-accepted connection with Hypercorn's HTTP machinery.
+
+    One per server, shared by every connection: the config, the wrapped app and the
+    worker context are built once, as Hypercorn's own trio worker builds them.
+    """
 
     def __init__(self, app: Any) -> None:
+        """Wrap ``app`` (the Quart app) as Hypercorn's worker would (ASGI mode)."""
         self.config = HyperConfig()
         self.config.keep_alive_timeout = KEEP_ALIVE_S
         self._app = wrap_app(app, self.config.wsgi_max_body_size, None)
-        self._context = WorkerContext(None)
+        self._context = WorkerContext(None)  # None: no max_requests, never recycled
 
     async def serve(self, stream: trio.abc.HalfCloseableStream) -> None:
-        """Serve HTTP on ``stream`` until the client or Hypercorn closes it."""
+        """Serve HTTP on ``stream`` until the client or Hypercorn closes it.
+
+        ``stream`` must replay the bytes the front door already read (the request
+        head) before the socket's own: Hypercorn parses the request from the start.
+        Cancellation (server shutdown) is Hypercorn's to handle; it closes the
+        connection.
+        """
         # TCPServer is typed for SSL streams but duck-types plain ones (no do_handshake).
         await TCPServer(
             self._app,

@@ -6,6 +6,10 @@ app through Hypercorn's connection handler, which never sends lifespan events, a
 ``tickcast.asgi:app`` answers Hypercorn's lifespan itself (to run the service). So
 both call :func:`app_lifespan`, which speaks the lifespan protocol to the app: the
 hooks run, and ``app.nursery`` exists, exactly as under a plain Quart deployment.
+
+Invariant: the app's shutdown hooks run whenever its startup completed, even when
+the block is left by cancellation (the server shutting down), bounded by
+``SHUTDOWN_S``; a startup failure is raised as one ``TickcastError`` that says so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from tickcast.errors import TickcastError
 
 __all__ = ["SHUTDOWN_S", "app_lifespan"]
 
-SHUTDOWN_S = 5.0  # seconds the app's shutdown hooks may take
+# Seconds the app's shutdown hooks may take; past that they are cancelled, so a hung
+# hook cannot keep the process from exiting.
+SHUTDOWN_S = 5.0
 
 
 @asynccontextmanager
@@ -30,6 +36,8 @@ async def app_lifespan(app: Any) -> AsyncIterator[None]:
     Raises:
         TickcastError: the app reported ``lifespan.startup.failed``.
     """
+    # One channel each way, as an ASGI server gives the app `receive` and `send`. A
+    # buffer of 1: the protocol is strictly request/answer, one message in flight.
     to_app, app_receive = trio.open_memory_channel[dict[str, Any]](1)
     app_send, from_app = trio.open_memory_channel[dict[str, Any]](1)
     scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}

@@ -8,6 +8,19 @@ exist so that ``/openapi.json`` and ``/asyncapi.json`` are generated from one ty
 description (``msgspec.json.schema_components``) instead of hand-written JSON, and
 the tests check real server output against them. Constraints come from the
 constants the code enforces (``OPTIONAL_KEYS``, ``MAX_BATCH``).
+
+Invariants:
+
+* what a model says must hold for every answer the server gives: schemathesis
+  (``tests/test_openapi.py``) and the AsyncAPI tests check real output against
+  these models, so a model stricter than the server fails the tests, and a looser
+  one would let a client rely on less than it could;
+* a Struct's docstring and every ``Meta(description=...)`` are user-facing text: msgspec
+  copies them into the JSON Schema, which ``/docs`` and tools show. Notes for
+  maintainers therefore go in comments, as here, never in those docstrings;
+* validation of real requests is not done here: ``transports/params.py`` parses the
+  query strings (naming the bad parameter) and these models only describe them. The
+  two are kept equal by ``tests/test_query_params.py``.
 """
 
 from __future__ import annotations
@@ -37,13 +50,18 @@ __all__ = [
     "TickContent",
 ]
 
+# The regular expression that `fields` must match, built from the tick's own key list so
+# that a new optional key is documented the moment the server serves it.
 _NAME = "(?:" + "|".join(OPTIONAL_KEYS) + ")"
 FIELDS_PATTERN = f"^{_NAME}(?:,{_NAME})*$"
 """``fields``: a comma list of tick keys, any order, repeats allowed, no empty item."""
 
+# The default of `fields`: every key, which is what a stream without `fields` sends.
 ALL_FIELDS = ",".join(OPTIONAL_KEYS)
 
 # -- query parameters ---------------------------------------------------------------------
+# Annotated types rather than Struct fields, so that the stream's query (StreamQuery) and
+# the HTTP routes' query models (web/app.py) share one description and constraint each.
 
 FromT = Annotated[
     int,
@@ -88,6 +106,8 @@ Token = Annotated[
 ]
 
 
+# Every parameter is optional: UNSET (not None) keeps an absent parameter out of the
+# schema's `required` list without inventing a null the server would refuse.
 class StreamQuery(msgspec.Struct):
     """The query string of `GET /ws/stream`; a bad value refuses the upgrade (400)."""
 
@@ -148,6 +168,9 @@ Matches = Annotated[
 ]
 
 
+# The tag makes `type` a required constant ("tick") in the schema, as on the wire; the
+# optional keys are UNSET by default because `fields` may leave any of them out. The
+# server never builds a tick through this Struct: it serves the bytes it encoded once.
 class Tick(msgspec.Struct, tag="tick", tag_field="type"):
     """One tick: keys in the order `type, t, ts, s, agents, actions, matches`.
 
@@ -162,6 +185,8 @@ class Tick(msgspec.Struct, tag="tick", tag_field="type"):
     matches: Matches | UnsetType = UNSET
 
 
+# The body of POST /ingest (one of these, or a list). `t` is absent on purpose: the
+# server numbers ticks itself, so a client cannot create a gap or a duplicate.
 class TickContent(msgspec.Struct):
     """A tick as an external simulation posts it: the server assigns `t` (and `ts` if absent)."""
 
@@ -175,6 +200,8 @@ class TickContent(msgspec.Struct):
 # -- stream messages (docs/protocol.md) ---------------------------------------------------------
 
 
+# min_length=2: a single waiting tick is sent as a plain `tick` message, so a client
+# never has to handle a batch of one; max_length is the cap on the `batch` parameter.
 class Batch(msgspec.Struct, tag="batch", tag_field="type"):
     """Consecutive ticks that were already waiting (never a batch of one)."""
 
