@@ -371,6 +371,31 @@ def test_indexed_tail_that_fails_its_checksum_is_cut(open_store: Opener, tmp_pat
     assert ts(store.read(10, 10)) == [10, 11, 12]
 
 
+def test_indexed_tail_record_that_still_parses_is_cut_not_reindexed(
+    open_store: Opener, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trailing record that fails its CRC but is still JSON with the right ``t``
+    (a changed byte inside a string) is cut with everything after it: it must never
+    be indexed again by the scan that picks up unindexed lines."""
+    store = open_store()
+    fill(store, 14)  # segment 10 holds t = 10..13
+    crash(store, tmp_path)
+    bad = 13
+    data = tmp_path / data_name(10)
+    good = data.read_bytes()
+    at = (bad - 10) * (WIDTH + 1) + WIDTH - 5  # inside the "x..." string of tick `bad`
+    assert good[at : at + 1] == b"x"
+    data.write_bytes(good[:at] + b"y" + good[at + 1 :])
+    with caplog.at_level(logging.WARNING, logger="tickcast.storage"):
+        store = open_store()
+    assert store.latest_t == bad - 1
+    assert data.read_bytes() == good[: (bad - 10) * (WIDTH + 1)]
+    assert ts(store.read(10, 10)) == list(range(10, bad))
+    assert any(f"record t={bad} fails its crc32" in r.getMessage() for r in caplog.records)
+    fill(store, 1)
+    assert store.tail(1) == [tick(bad)]  # t continues after the last good record
+
+
 def test_empty_last_segment_keeps_next_t(open_store: Opener, tmp_path: Path) -> None:
     store = open_store()
     fill(store, 11)

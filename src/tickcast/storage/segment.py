@@ -378,6 +378,7 @@ class Segment:
         if m < k:
             done.append(f"{self.idx_path}: dropped {k - m} entries pointing past the data end")
         # Walk back over trailing indexed records that fail their checksum.
+        failed = False
         while m > 0:
             off, length, crc = ENTRY.unpack(
                 os.pread(idx_fd, ENTRY_SIZE, HEADER_SIZE + (m - 1) * ENTRY_SIZE)
@@ -386,10 +387,19 @@ class Segment:
             if line[-1:] == b"\n" and zlib.crc32(line[:-1]) == crc:
                 break
             done.append(f"{self.data_path}: record t={self.base_t + m - 1} fails its crc32, cut")
+            failed = True
             m -= 1
         indexed_end = _end_of(idx_fd, m)
         os.ftruncate(idx_fd, HEADER_SIZE + m * ENTRY_SIZE)
-        tail = os.pread(data_fd, max(dsize - indexed_end, 0), indexed_end)
+        # A record that failed its check is cut with everything after it: the scan
+        # below must not index it again just because it still parses with its t.
+        tail = b"" if failed else os.pread(data_fd, max(dsize - indexed_end, 0), indexed_end)
+        if failed and dsize > indexed_end:
+            done.append(
+                f"{self.data_path}: cut {dsize - indexed_end} bytes at offset {indexed_end}"
+                " (from the first record that fails its check)"
+            )
+            os.ftruncate(data_fd, indexed_end)
         entries, good, problem = scan_records(
             tail, start_offset=indexed_end, first_t=self.base_t + m
         )
