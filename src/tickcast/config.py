@@ -27,6 +27,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "describe",
     "from_sources",
     "parse_bytes",
+    "redacted",
 ]
 
 # Every environment variable that starts with this is a setting or an error.
@@ -376,5 +378,22 @@ def describe(config: Config) -> Sequence[str]:
         value = getattr(config, f.name)
         if f.name in ("ingest_token", "read_token", "history_token") and value:
             value = "***"
+        elif f.name in ("redis_url", "history_url") and value:
+            value = redacted(value)  # a password in the URL: redis://:secret@host/0
         out.append(f"{f.name}={value}")
     return out
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for a log line: a password in it replaced by ``***``.
+
+    The start-up settings line (:func:`describe`) and the appender's and the
+    follower's log lines name ``redis_url`` (and ``history_url``) through this, so
+    the operator sees which server is meant without the secret reaching the logs.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

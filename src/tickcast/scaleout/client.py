@@ -26,7 +26,6 @@ Facts this module is shaped by (measured with coredis 6.9.0):
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import Any
 
 import anyio
@@ -35,7 +34,10 @@ from coredis.connection import BaseConnection, TCPConnection, UnixDomainSocketCo
 from coredis.exceptions import RedisError
 from coredis.retry import NoRetryPolicy
 
+from tickcast.config import redacted
+
 __all__ = ["CONNECT_TIMEOUT_S", "REDIS_ERRORS", "open_client", "redacted"]
+
 
 # Seconds to establish a connection. A Redis on the same network answers in
 # milliseconds; a black-holed address (firewall drop) would otherwise hang a cycle for
@@ -115,17 +117,3 @@ def open_client(url: str, *, stream_timeout_s: float, name: str) -> coredis.Redi
     pool = client.connection_pool
     pool.connection_class = _CLOSING.get(pool.connection_class, pool.connection_class)
     return client
-
-
-def redacted(url: str) -> str:
-    """``url`` fit for a log line: a password in it replaced by ``***``.
-
-    The appender's and the follower's log lines name ``redis_url`` through this, so
-    the operator sees which Redis is meant without the secret reaching the logs.
-    """
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
