@@ -343,7 +343,6 @@ def test_describe_lists_every_setting_and_masks_the_token() -> None:
     assert "port=8000" in lines
 
 
-
 def test_describe_masks_a_password_in_a_url() -> None:
     c = Config(
         redis_url="redis://user:s3cret@10.0.0.5:6379/0",
@@ -356,6 +355,7 @@ def test_describe_masks_a_password_in_a_url() -> None:
     assert not any("s3cret" in line or ":pw@" in line for line in lines)
     plain = describe(Config(redis_url="redis://127.0.0.1:6379/0"))
     assert "redis_url=redis://127.0.0.1:6379/0" in plain
+
 
 # -- scale-out settings (docs/scale-out.md) --------------------------------------------------------
 

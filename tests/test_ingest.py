@@ -49,6 +49,31 @@ async def test_ingest_assigns_t_and_streams(tmp_path: Path) -> None:
         assert body["count"] == 3
 
 
+async def test_concurrent_list_requests_each_get_a_block_of_t(tmp_path: Path) -> None:
+    # Each answer's first_t .. first_t + accepted - 1 must be exactly its own ticks,
+    # however the requests overlap (the publisher hands that range to its caller).
+    config = make_config(tmp_path, source="ingest", ingest_token=TOKEN)
+    n, senders = 300, 4
+    answers: dict[int, dict[str, Any]] = {}
+    async with running(config) as srv:
+
+        async def send(who: int) -> None:
+            items = [{**CONTENT, "s": {"who": who, "i": i}} for i in range(n)]
+            r = await post(srv, items)
+            assert r.status_code == 200, r.text
+            answers[who] = r.json()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for who in range(senders):
+                    nursery.start_soon(send, who)
+        for who, answer in answers.items():
+            assert answer["accepted"] == n
+            first = answer["first_t"]
+            page = (await srv.get(f"/incremental?from_t={first}&limit={n}")).json()
+            assert [tick["s"] for tick in page["data"]] == [{"who": who, "i": i} for i in range(n)]
+
+
 async def test_ingest_rejects_bad_token_and_bad_bodies(tmp_path: Path) -> None:
     config = make_config(tmp_path, source="ingest", ingest_token=TOKEN)
     async with running(config) as srv:

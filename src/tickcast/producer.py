@@ -22,7 +22,7 @@ restarts it re-appends whatever the stream is missing.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -125,14 +125,40 @@ class Producer:
         # One produce() at a time from numbering to the ring: append() may wait (the
         # writer's backpressure), and a second caller must not take the same t. The
         # lock is taken without a yield when free (the simulator's every tick).
-        try:
-            self._turn.acquire_nowait()
-        except trio.WouldBlock:
-            await self._turn.acquire()
+        await self._take_turn()
         try:
             return await self._produce(payload)
         finally:
             self._turn.release()
+
+    async def produce_many(self, payloads: Sequence[Mapping[str, Any]]) -> list[EncodedTick]:
+        """:meth:`produce` for a list, in one turn: its ticks get consecutive ``t``.
+
+        A ``POST /ingest`` list is numbered as one block, so its answer (``first_t``
+        and the count) names exactly its own ticks even while other requests post
+        concurrently; they wait for the block, in the order they called. Checkpoints
+        after every tick, so a long list never holds the event loop.
+
+        Raises:
+            StoreError: the writer has failed (the ticks before it are produced).
+            KeyError: a content key is missing (callers validate first).
+        """
+        await self._take_turn()
+        try:
+            ticks = []
+            for payload in payloads:
+                ticks.append(await self._produce(payload))
+                await trio.lowlevel.checkpoint()  # _produce() may not yield
+            return ticks
+        finally:
+            self._turn.release()
+
+    async def _take_turn(self) -> None:
+        """Take the turn: at once (no yield) when free, else in the order of callers."""
+        try:
+            self._turn.acquire_nowait()
+        except trio.WouldBlock:
+            await self._turn.acquire()
 
     async def _produce(self, payload: Mapping[str, Any]) -> EncodedTick:
         """Number, encode and append one tick; the caller holds the turn."""

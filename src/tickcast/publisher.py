@@ -83,10 +83,9 @@ class Publisher:
         numbered, so a bad item refuses the whole list and publishes nothing. Under
         16 MiB of JSON per request (413 beyond).
 
-        The range is ``first_t`` and the count the server answered. It is exact while
-        this is the only publisher; the ticks of two concurrent list requests may
-        interleave (docs/architecture.md, "The ingest endpoint"), and then the range
-        also covers the other request's ticks.
+        The range is ``first_t`` and the count the server answered: exactly this
+        request's ticks, also with other publishers posting at the same time (the
+        server numbers a list as one block: docs/architecture.md, "The ingest endpoint").
 
         Raises:
             PublishError: as :meth:`publish`, or 413 for a body that is too large.
