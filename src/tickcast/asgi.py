@@ -103,7 +103,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
     ``lifespan.shutdown.failed``.
     """
     message = await receive()
-    assert message["type"] == "lifespan.startup"
+    if message["type"] != "lifespan.startup":  # the ASGI spec's order: a server bug
+        raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
     _warn_listener_variables()
     try:
         config = from_sources({})

@@ -103,6 +103,12 @@ REFUSALS: dict[int, tuple[str, str]] = {
         "too_many_connections",
         "The server is at `max_connections`, or the address at `max_connections_per_ip`.",
     ),
+    503: (
+        "unavailable",
+        "The service cannot stream yet: starting or stopping, or a scale-out edge that "
+        "has not yet read the producer's stream (`detail` says which); or the server "
+        "is out of file descriptors. Retry with backoff.",
+    ),
 }
 
 # What the server sends. name -> (model, summary, example payload). The name is the

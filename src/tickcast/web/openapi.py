@@ -351,6 +351,12 @@ class Provider(OpenAPIProvider):
                         operation.pop(key, None)
                 if not operation.get("parameters"):
                     operation.pop("parameters", None)
+                for parameter in operation.get("parameters", ()):
+                    # werkzeug's any() converter keeps its names in a set: without
+                    # sorting, the enum's order (and the document) changed per process.
+                    enum = parameter.get("schema", {}).get("enum")
+                    if enum is not None:
+                        parameter["schema"]["enum"] = sorted(enum)
                 item[method] = operation
         return paths, components
 
