@@ -15,6 +15,15 @@ starts ``tickcast serve --source ingest`` on it (nothing else produces), and pri
   from /proc, so one core's worth) and the bytes per tick on the wire;
 * the server's peak RSS growth during each export (VmHWM, reset before each).
 
+Each format first exports ``WARM_UP_TICKS`` ticks unmeasured: a server's first
+export also pays for imports and its worker threads' memory.
+
+``--breakdown`` prints instead where a tick's CPU time goes when a table is built,
+in this process (no server): cutting each stored line down to its section, Arrow's
+JSON reader (with inferred types, and told the export's types), the rest of
+``Flattener.flatten``, and each writer on top of it; the best of ``--repeat`` runs
+over batches of the size the server reads.
+
 Figures land in docs/export.md ("Performance").
 """
 
@@ -29,7 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -42,6 +53,7 @@ from tickcast.sources.simulator import DEFAULT_AGENTS, Market  # noqa: E402
 from tickcast.storage import SegmentStore  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+WARM_UP_TICKS = 20_000  # each format exports this many first, unmeasured
 
 
 def build_history(data: Path, ticks: int, agents: int, distinct: int) -> float:
@@ -154,6 +166,69 @@ def table_dataframe(url: str) -> tuple[float, int]:
     return time.perf_counter() - start, len(frame)
 
 
+def breakdown(agents: int, repeat: int) -> None:
+    """Microseconds per tick of each step of building a table, in this process."""
+    from tickcast.export.stream import BATCH_BYTES
+    from tickcast.tick import EncodedTick
+
+    market = Market(agents=agents, seed=1)
+    pool = [orjson.dumps(market.step(t, 1_700_000_000.0 + t / 10)) for t in range(1000)]
+    size = sum(map(len, pool)) / len(pool)
+    batch = [EncodedTick.from_raw(raw) for raw in pool[: max(1, int(BATCH_BYTES / size))]]
+    tables = ("agents", "ticks")
+    best: dict[str, dict[str, float]] = {}
+    for table in tables:
+        steps = table_steps(table, batch)
+        times = best[table] = dict.fromkeys(steps, float("inf"))
+        for _ in range(repeat):  # interleaved: a busy machine slows every step alike
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name] = min(times[name], time.perf_counter() - start)
+    print(f"us of one core a tick, best of {repeat}, {len(batch)} ticks a batch")
+    label = f"({size:,.0f} B/tick, {agents} agents)"
+    print(f"{label:37}" + "".join(f"{t:>9}" for t in tables))
+    for name in best[tables[0]]:
+        cells = "".join(f"{best[t][name] / len(batch) * 1e6:9.2f}" for t in tables)
+        print(f"  {name:35}{cells}")
+
+
+def table_steps(table: str, batch: list[Any]) -> dict[str, Callable[[], object]]:
+    """The steps :func:`breakdown` times for one table, each a call on ``batch``."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    from tickcast.export.formats import TableEncoder
+    from tickcast.export.tables import Flattener, conform, unify
+
+    flattener = Flattener(table)  # type: ignore[arg-type]
+    schema = unify([flattener.flatten(batch).schema])
+    raws = [tick.raw for tick in batch]
+    lines = flattener.cut(raws)
+    read = pa_json.ReadOptions(use_threads=False, block_size=len(lines) + 1)
+    known = pa_json.read_json(pa.py_buffer(lines), read_options=read).schema
+    told = pa_json.ParseOptions(explicit_schema=known)
+
+    def encode(fmt: str) -> None:
+        encoder = TableEncoder(table, fmt, schema)  # type: ignore[arg-type]
+        encoder.begin()
+        encoder.encode(batch)
+        encoder.end()
+
+    return {
+        "cut": lambda: flattener.cut(raws),
+        "read (types inferred)": lambda: pa_json.read_json(pa.py_buffer(lines), read_options=read),
+        "read (types told)": lambda: pa_json.read_json(
+            pa.py_buffer(lines), read_options=read, parse_options=told
+        ),
+        "flatten (cut + read + rest)": lambda: flattener.flatten(batch),
+        "flatten + conform": lambda: conform(flattener.flatten(batch), schema),
+        "arrow encoder": lambda: encode("arrow"),
+        "parquet encoder (with its footer)": lambda: encode("parquet"),
+        "csv encoder": lambda: encode("csv"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ticks", type=int, default=1_000_000)
@@ -163,7 +238,12 @@ def main() -> None:
     parser.add_argument("--formats", default="ndjson,csv,arrow,parquet")
     parser.add_argument("--no-dataframe", action="store_true", help="server figures only")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--breakdown", action="store_true", help="per-step costs, no server")
+    parser.add_argument("--repeat", type=int, default=30, help="runs of each --breakdown step")
     args = parser.parse_args()
+    if args.breakdown:
+        breakdown(args.agents, args.repeat)
+        return
 
     root = Path(tempfile.mkdtemp(prefix="tickcast-bench-export-"))
     data = root / "segments"
@@ -192,6 +272,12 @@ def run(server: Server, args: argparse.Namespace) -> None:
           f"{'1st byte':>9} {'RSS +MB':>8}")  # fmt: skip
     cells = [(fmt, "agents") for fmt in args.formats.split(",")]
     cells += [("parquet", "ticks")] if "parquet" in args.formats else []
+    # A server's first exports pay for imports, code paths run once and its worker
+    # threads' malloc arenas: a short export of each first, unmeasured, so that the
+    # first row is not charged for them.
+    warm = min(n, WARM_UP_TICKS)
+    for fmt, table in cells:
+        export_once(server, f"format={fmt}&table={table}&to_t={warm - 1}", warm)
     for fmt, table in cells:
         rate, wall, nbytes, growth, first = export_once(server, f"format={fmt}&table={table}", n)
         shown = "-" if fmt == "ndjson" else table

@@ -92,3 +92,20 @@ def test_whole_parse_when_the_line_is_not_a_stored_tick() -> None:
     raw = orjson.dumps({"t": 4, "type": "tick", "ts": 1.0, "s": {"p": 1}})  # other key order
     batch = Flattener("ticks").flatten([EncodedTick(4, 1.0, raw)])
     assert batch.to_pylist() == [{"t": 4, "ts": 1.0, "p": 1}]
+
+
+def test_a_type_change_mid_range_is_cast_only_when_the_value_fits_exactly() -> None:
+    # The types of an export come from its samples; a later batch's own types are
+    # cast to them only where no value changes, else the export aborts (drift).
+    flattener = Flattener("agents")
+
+    def conformed(sample: Any, later: Any) -> list[Any]:
+        schema = unify([flattener.flatten([tick(0, agents=[{"n": sample}])]).schema])
+        batch = conform(flattener.flatten([tick(1, agents=[{"n": later}])]), schema)
+        return batch.column("n").to_pylist()
+
+    assert conformed(2, 3.0) == [3]
+    assert conformed(2.5, 3) == [3.0]
+    for sample, later in [(2, 2.5), (2, "x"), (2, {"k": 1}), (2.5, 2**53 + 1)]:
+        with pytest.raises(SchemaDriftError, match="'n'"):
+            conformed(sample, later)
