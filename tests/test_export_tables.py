@@ -105,7 +105,10 @@ def test_a_type_change_mid_range_is_cast_only_when_the_value_fits_exactly() -> N
         return batch.column("n").to_pylist()
 
     assert conformed(2, 3.0) == [3]
+    assert conformed(True, None) == [None]  # a member a row lacks is null, whatever the type
     assert conformed(2.5, 3) == [3.0]
-    for sample, later in [(2, 2.5), (2, "x"), (2, {"k": 1}), (2.5, 2**53 + 1)]:
+    drifts = [(2, 2.5), (2, "x"), (2, {"k": 1}), (2.5, 2**53 + 1)]
+    drifts += [(2, True), (2.5, False), (True, 1), (False, 0.0)]  # a boolean is no number
+    for sample, later in drifts:
         with pytest.raises(SchemaDriftError, match="'n'"):
             conformed(sample, later)

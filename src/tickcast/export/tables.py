@@ -308,6 +308,12 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         if pa.types.is_string(field.type) and _nested(column.type):
             arrays.append(to_text(column))
             continue
+        mixed = pa.types.is_boolean(field.type) != pa.types.is_boolean(column.type)
+        if mixed and not (pa.types.is_string(field.type) or pa.types.is_null(column.type)):
+            # Arrow casts true to 1 and 2 to true: a boolean is no number, nor the reverse.
+            raise SchemaDriftError(
+                f"column {field.name!r} is {field.type} in this export, got {column.type}"
+            )
         try:
             arrays.append(column.cast(field.type, safe=True))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
