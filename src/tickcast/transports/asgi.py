@@ -37,7 +37,6 @@ from collections.abc import Sequence
 import trio
 from quart import websocket
 
-from tickcast.fanout.hub import Lane
 from tickcast.protocol import End, StreamProtocol
 from tickcast.service import Service
 from tickcast.tick import EncodedTick
@@ -54,7 +53,7 @@ __all__ = ["ASGI_QUEUE", "AsgiSession"]
 ASGI_QUEUE = 64
 
 
-class AsgiSession:
+class AsgiSession(stream.HeldProtocol):
     """One ``/ws/stream`` client over Quart's websocket object: its protocol, and a channel.
 
     Holds a :class:`~tickcast.protocol.StreamProtocol` (the decisions) and does the
@@ -91,57 +90,6 @@ class AsgiSession:
         # ticks, and heartbeat payloads (bytes) queued behind them
         self._send, self._receive = trio.open_memory_channel[EncodedTick | bytes](ASGI_QUEUE)
         self._beats = beats
-
-    # -- the hub's view: the protocol's position -----------------------------------------
-    # The hub reads and writes these as a Subscriber's; they live in the protocol.
-
-    @property
-    def next_t(self) -> int:
-        """The next tick not yet given to this client (the protocol's)."""
-        return self.protocol.next_t
-
-    @next_t.setter
-    def next_t(self, value: int) -> None:
-        self.protocol.next_t = value
-
-    @property
-    def allowance(self) -> int:
-        """Extra lag tolerated after a deep resume (the protocol's; the hub's lag rule)."""
-        return self.protocol.allowance
-
-    @allowance.setter
-    def allowance(self, value: int) -> None:
-        self.protocol.allowance = value
-
-    @property
-    def live(self) -> bool:
-        """Whether the hub delivers to this session's channel (the protocol's state)."""
-        return self.protocol.live
-
-    @property
-    def lane(self) -> Lane | None:
-        """Always None: lanes share frames, and Hypercorn frames every send itself."""
-        return self.protocol.lane  # type: ignore[return-value]  # always None: never joins
-
-    @lane.setter
-    def lane(self, lane: Lane | None) -> None:
-        self.protocol.lane = lane
-
-    def evict(self) -> None:
-        """The hub's 4008 (it has already left the hub and been counted)."""
-        stream.terminate(self, End.SLOW_CONSUMER)
-
-    def reset(self) -> None:
-        """The hub's 4009: the history was reset (a scale-out edge saw a new epoch)."""
-        stream.terminate(self, End.EPOCH_CHANGED)
-
-    def release(self) -> None:
-        """Give the slot back without serving (the upgrade failed)."""
-        stream.release(self)
-
-    async def serve(self) -> None:
-        """Serve the stream until it ends, then close (see :func:`stream.serve`)."""
-        await stream.serve(self)
 
     # -- sending ------------------------------------------------------------------------
 

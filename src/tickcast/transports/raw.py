@@ -55,7 +55,7 @@ import trio
 from wsproto import WSConnection
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from tickcast.fanout.hub import Hub, Lane, Subscriber
+from tickcast.fanout.hub import Hub, Subscriber
 from tickcast.fanout.traffic import Traffic
 from tickcast.protocol import End, StreamProtocol
 from tickcast.service import Service
@@ -172,7 +172,7 @@ class RawLane:
         self.traffic.sent_many(taken, taken * len(tick.view(self.fields)))
 
 
-class RawSession:
+class RawSession(stream.HeldProtocol):
     """One ``/ws/stream`` client on a non-blocking socket: its protocol, and its outbox.
 
     Holds a :class:`~tickcast.protocol.StreamProtocol` (the decisions) and does the
@@ -242,63 +242,6 @@ class RawSession:
         self._reading: trio.CancelScope | None = None  # a read waiting for room too
         self._broken: BaseException | None = None  # the socket error that broke the outbox
         self._beats = beats
-
-    # -- the hub's view: the protocol's position -----------------------------------------
-    # The hub (and the lane) read and write these as a Subscriber's; they live in the
-    # protocol, so the state and the position are in one place.
-
-    @property
-    def next_t(self) -> int:
-        """The next tick not yet given to this client (the protocol's)."""
-        return self.protocol.next_t
-
-    @next_t.setter
-    def next_t(self, value: int) -> None:
-        self.protocol.next_t = value
-
-    @property
-    def sent_t(self) -> int:
-        """The last tick whose frame entered the outbox or the socket (the protocol's)."""
-        return self.protocol.sent_t
-
-    @property
-    def allowance(self) -> int:
-        """Extra lag tolerated after a deep resume (the protocol's; the hub's lag rule)."""
-        return self.protocol.allowance
-
-    @allowance.setter
-    def allowance(self, value: int) -> None:
-        self.protocol.allowance = value
-
-    @property
-    def live(self) -> bool:
-        """Whether the hub delivers to this session directly (the protocol's state)."""
-        return self.protocol.live
-
-    @property
-    def lane(self) -> Lane | None:
-        """The :class:`RawLane` this session is a member of, if any (the hub's to set)."""
-        return self.protocol.lane  # type: ignore[return-value]  # only the hub sets it
-
-    @lane.setter
-    def lane(self, lane: Lane | None) -> None:
-        self.protocol.lane = lane
-
-    def evict(self) -> None:
-        """The hub's 4008 (it has already left the hub and been counted)."""
-        stream.terminate(self, End.SLOW_CONSUMER)
-
-    def reset(self) -> None:
-        """The hub's 4009: the history was reset (a scale-out edge saw a new epoch)."""
-        stream.terminate(self, End.EPOCH_CHANGED)
-
-    def release(self) -> None:
-        """Give the slot back without serving (the upgrade failed)."""
-        stream.release(self)
-
-    async def serve(self) -> None:
-        """Serve the stream until it ends, then close (see :func:`stream.serve`)."""
-        await stream.serve(self)
 
     # -- writing ----------------------------------------------------------------------
 

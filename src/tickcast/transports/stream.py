@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import trio
 
 from tickcast import __version__
 from tickcast.errors import CorruptRecordError
-from tickcast.fanout.hub import Subscriber
+from tickcast.fanout.hub import Lane, Subscriber
 from tickcast.protocol import End, StreamEnded, StreamProtocol
 from tickcast.tick import EncodedTick
 from tickcast.transports.params import start_t
@@ -46,7 +46,7 @@ from tickcast.wire import CloseCode
 if TYPE_CHECKING:
     from tickcast.service import Service
 
-__all__ = ["PeerGone", "Session", "release", "run", "serve", "terminate"]
+__all__ = ["HeldProtocol", "PeerGone", "Session", "release", "run", "serve", "terminate"]
 
 log = logging.getLogger("tickcast.ws")
 
@@ -235,3 +235,71 @@ async def catch_up(session: Session) -> None:
     except StreamEnded:  # a 4008 decided here, counted with the hub's
         session.service.hub.count_slow_close()
         raise
+
+
+class HeldProtocol:
+    """What every transport's session does the same way, by holding its protocol.
+
+    The hub and the lanes read and write a subscriber's ``next_t``, ``allowance``,
+    ``live`` and ``lane``; they live in the session's :class:`StreamProtocol`, so the
+    state and the position are in one place, and these properties only forward. The
+    ways a stream is ended from outside (the hub's 4008 and 4009, a failed upgrade)
+    and served are the module functions above. No method here is a hook to override:
+    a transport adds its I/O (``send_message``, ``send_ticks``, ``deliver``, ...) and
+    nothing else.
+    """
+
+    protocol: StreamProtocol
+
+    @property
+    def next_t(self) -> int:
+        """The next tick not yet given to this client (the protocol's)."""
+        return self.protocol.next_t
+
+    @next_t.setter
+    def next_t(self, value: int) -> None:
+        self.protocol.next_t = value
+
+    @property
+    def sent_t(self) -> int:
+        """The last tick whose message the transport has taken (the protocol's)."""
+        return self.protocol.sent_t
+
+    @property
+    def allowance(self) -> int:
+        """Extra lag tolerated after a deep resume (the protocol's; the hub's lag rule)."""
+        return self.protocol.allowance
+
+    @allowance.setter
+    def allowance(self, value: int) -> None:
+        self.protocol.allowance = value
+
+    @property
+    def live(self) -> bool:
+        """Whether the hub delivers to this session directly (the protocol's state)."""
+        return self.protocol.live
+
+    @property
+    def lane(self) -> Lane | None:
+        """The lane this session is a member of, if any (only the hub sets it)."""
+        return self.protocol.lane  # type: ignore[return-value]  # only the hub sets it
+
+    @lane.setter
+    def lane(self, lane: Lane | None) -> None:
+        self.protocol.lane = lane
+
+    def evict(self) -> None:
+        """The hub's 4008 (it has already left the hub and been counted)."""
+        terminate(cast("Session", self), End.SLOW_CONSUMER)
+
+    def reset(self) -> None:
+        """The hub's 4009: the history was reset (a scale-out edge saw a new epoch)."""
+        terminate(cast("Session", self), End.EPOCH_CHANGED)
+
+    def release(self) -> None:
+        """Give the slot back without serving (the upgrade failed)."""
+        release(cast("Session", self))
+
+    async def serve(self) -> None:
+        """Serve the stream until it ends, then close (see :func:`serve`)."""
+        await serve(cast("Session", self))
