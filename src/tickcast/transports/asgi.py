@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import trio
 from quart import websocket
 
-from tickcast.protocol import End, StreamProtocol
+from tickcast.protocol import End
 from tickcast.service import Service
 from tickcast.tick import EncodedTick
 from tickcast.transports import stream
@@ -74,19 +74,7 @@ class AsgiSession(stream.HeldProtocol):
             ip: the address whose connection slot this session holds.
             beats: the app's shared heartbeat timer.
         """
-        self.service = service
-        self.params = params
-        self.ip = ip
-        self.protocol = StreamProtocol(
-            from_t=params.from_t,
-            from_ts=params.from_ts,
-            fields=params.fields,
-            batch=params.batch,
-            lag_limit=service.config.lag_limit,
-        )
-        self.scope = trio.CancelScope()
-        self.closed = trio.Event()  # set once the protocol is CLOSED
-        self._traffic = service.traffic
+        super().__init__(service, params, ip=ip)
         # ticks, and heartbeat payloads (bytes) queued behind them
         self._send, self._receive = trio.open_memory_channel[EncodedTick | bytes](ASGI_QUEUE)
         self._beats = beats

@@ -57,7 +57,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from tickcast.fanout.hub import Hub, Subscriber
 from tickcast.fanout.traffic import Traffic
-from tickcast.protocol import End, StreamProtocol
+from tickcast.protocol import End
 from tickcast.service import Service
 from tickcast.tick import EncodedTick, Fields
 from tickcast.transports import stream
@@ -216,19 +216,7 @@ class RawSession(stream.HeldProtocol):
                 is refused (tests lower it to force the fallback).
             high_water: outbox bytes above which a catch-up or a reply waits.
         """
-        self.service = service
-        self.params = params
-        self.ip = ip
-        self.protocol = StreamProtocol(
-            from_t=params.from_t,
-            from_ts=params.from_ts,
-            fields=params.fields,
-            batch=params.batch,
-            lag_limit=service.config.lag_limit,
-        )
-        self.scope = trio.CancelScope()
-        self.closed = trio.Event()  # set once the protocol is CLOSED
-        self._traffic = service.traffic
+        super().__init__(service, params, ip=ip)
         self._live_backlog = live_backlog
         self._high_water = high_water
         self.sock = sock

@@ -40,7 +40,7 @@ from tickcast.errors import CorruptRecordError
 from tickcast.fanout.hub import Lane, Subscriber
 from tickcast.protocol import End, StreamEnded, StreamProtocol
 from tickcast.tick import EncodedTick
-from tickcast.transports.params import start_t
+from tickcast.transports.params import StreamParams, start_t
 from tickcast.wire import CloseCode
 
 if TYPE_CHECKING:
@@ -249,7 +249,27 @@ class HeldProtocol:
     nothing else.
     """
 
-    protocol: StreamProtocol
+    def __init__(self, service: Service, params: StreamParams, *, ip: str) -> None:
+        """The session's protocol, from the admitted query, and its ending machinery.
+
+        Args:
+            service: the running service (hub, history, counters, settings).
+            params: the admitted query.
+            ip: the address whose connection slot this session holds while open.
+        """
+        self.service = service
+        self.params = params
+        self.ip = ip
+        self.protocol = StreamProtocol(
+            from_t=params.from_t,
+            from_ts=params.from_ts,
+            fields=params.fields,
+            batch=params.batch,
+            lag_limit=service.config.lag_limit,
+        )
+        self.scope = trio.CancelScope()  # cancelled to end the stream from outside
+        self.closed = trio.Event()  # set once the protocol is CLOSED
+        self._traffic = service.traffic
 
     @property
     def next_t(self) -> int:
