@@ -5,6 +5,7 @@ memory, and an ingest source's own members."""
 
 from __future__ import annotations
 
+import io
 import socket
 import struct
 import subprocess
@@ -27,6 +28,7 @@ from redis_server import RedisServer
 from test_corruption import flip_byte_of_record
 from test_edge import edge_config, running_edge, wait_edge_at
 from tickcast.client import Client, ExportAbortedError, RefusedError
+from tickcast.client import progress as progress_module
 from tickcast.export import stream
 from tickcast.export.formats import FORMATS
 from tickcast.export.tables import TABLES
@@ -383,6 +385,24 @@ async def test_client_table_is_the_range_as_a_pyarrow_table(srv: Running) -> Non
     assert empty.num_rows == 0
     with pytest.raises(ValueError, match="table"):
         await client.atable(0, 10, table="orders")  # type: ignore[arg-type]
+
+
+async def test_client_table_draws_a_progress_line_when_asked(
+    srv: Running, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(progress_module, "PROGRESS_EVERY_S", 0.0)  # every batch: a line
+    monkeypatch.setattr(stream, "BATCH_TICKS", 100)
+    out = io.StringIO()
+    table = await Client(srv.url("")).atable(2000, 2700, table="agents", progress=out)
+    lines = out.getvalue().split("\r")
+    assert table.column("t").to_pylist()[-1] == 2699
+    assert any(" ticks/s " in line and "/700 ticks (" in line for line in lines), lines
+    assert lines[-1].rstrip() == "700 ticks, 14,000 rows of agents"
+    capsys.readouterr()
+    await Client(srv.url("")).atable(2000, 2100)  # by default: nothing drawn
+    assert capsys.readouterr().err == ""
+    await Client(srv.url("")).atable(2000, 2100, progress=True)  # True: on stderr
+    assert capsys.readouterr().err.rstrip().endswith("100 ticks, 100 rows of ticks")
 
 
 async def test_client_table_raises_when_the_export_breaks_off(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import aclosing
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from anyio.from_thread import start_blocking_portal
 
@@ -165,7 +166,12 @@ class Client:
             return portal.call(partial(self.ahistory, from_t, to_t, from_ts=from_ts))
 
     async def atable(
-        self, from_t: int = 0, to_t: int | None = None, table: TableName = "ticks"
+        self,
+        from_t: int = 0,
+        to_t: int | None = None,
+        table: TableName = "ticks",
+        *,
+        progress: bool | TextIO = False,
     ) -> pa.Table:
         """The flat ``table`` of the ticks with ``from_t <= t < to_t``, as a ``pyarrow.Table``.
 
@@ -173,7 +179,10 @@ class Client:
         ``"ticks"`` (``t``, ``ts``, one column per member of ``s``) or ``"agents"``,
         ``"actions"``, ``"matches"`` (one row per element, ``t`` and ``ts`` first).
         ``to_t`` is exclusive, as in :meth:`history`; None: up to the latest tick.
-        Then ``.to_pandas()``, ``polars.from_arrow(...)`` or DuckDB.
+        Then ``.to_pandas()``, ``polars.from_arrow(...)`` or DuckDB. With
+        ``progress=True`` a progress line (ticks received, rate, time left) is drawn
+        on stderr while the table arrives, as ``tickcast export`` does; pass a
+        stream to draw it there instead.
 
         Raises:
             TruncatedError: ``from_t`` is older than the oldest tick kept
@@ -188,14 +197,20 @@ class Client:
             raise ValueError(f"to_t: must be >= from_t ({from_t}), got {to_t}")
         from .table import fetch_table  # pyarrow is imported by the first table only
 
-        return await fetch_table(self.settings, from_t, to_t, table)
+        out = sys.stderr if progress is True else (progress or None)
+        return await fetch_table(self.settings, from_t, to_t, table, progress=out)
 
     def table(
-        self, from_t: int = 0, to_t: int | None = None, table: TableName = "ticks"
+        self,
+        from_t: int = 0,
+        to_t: int | None = None,
+        table: TableName = "ticks",
+        *,
+        progress: bool | TextIO = False,
     ) -> pa.Table:
         """The blocking twin of :meth:`atable` (same arguments, same result)."""
         with start_blocking_portal(BACKEND) as portal:
-            return portal.call(self.atable, from_t, to_t, table)
+            return portal.call(partial(self.atable, from_t, to_t, table, progress=progress))
 
 
 def _check_t(name: str, t: int | None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, TextIO, get_args
 
 import anyio
 import httpx
@@ -22,6 +22,7 @@ import pyarrow as pa
 from ..errors import ClientError, ExportAbortedError, RefusedError
 from .arrowstream import StreamDecoder
 from .cursor import RETRY_STATUSES, Backoff, Cursor, error_detail
+from .progress import Progress
 from .settings import Settings
 
 __all__ = ["TABLES", "ExportDownload", "ExportRange", "TableName", "export_query", "fetch_table"]
@@ -115,9 +116,18 @@ def export_query(
 
 
 async def fetch_table(
-    settings: Settings, from_t: int, to_t: int | None, table: TableName
+    settings: Settings,
+    from_t: int,
+    to_t: int | None,
+    table: TableName,
+    *,
+    progress: TextIO | None = None,
 ) -> pa.Table:
-    """The rows of ``table`` for ticks ``from_t <= t < to_t`` (see ``Client.atable``)."""
+    """The rows of ``table`` for ticks ``from_t <= t < to_t`` (see ``Client.atable``).
+
+    With ``progress``, a progress line is drawn there (ticks received of the range
+    the server announced) and ended when the table is complete or the export fails.
+    """
     if table not in TABLES:
         raise ValueError(f"table: must be one of {', '.join(TABLES)}, got {table!r}")
     if to_t is not None and to_t <= from_t:  # an empty range: nothing to ask
@@ -125,17 +135,31 @@ async def fetch_table(
     decoder = StreamDecoder()
     batches: list[pa.RecordBatch] = []
     cursor = Cursor(next_t=from_t, on_gap=settings.on_gap)
+    meter = Progress(progress)
+    start = [from_t]
 
     def on_range(rng: ExportRange) -> None:
         if rng.truncated:
             cursor.truncated(rng.from_t)  # raises TruncatedError with on_gap="raise"
+        meter.total, start[0] = rng.count, rng.from_t
 
     download = ExportDownload(settings, export_query(from_t, to_t, table=table))
-    async for chunk in download.chunks(on_range):
-        try:
-            batches += decoder.feed(chunk)
-        except ValueError as exc:
-            raise ExportAbortedError(f"the export is not an Arrow stream: {exc}") from None
-    if not decoder.done or decoder.schema is None:
-        raise ExportAbortedError("the export ended before the end of its Arrow stream")
-    return pa.Table.from_batches(batches, schema=decoder.schema)
+    try:
+        async for chunk in download.chunks(on_range):
+            try:
+                fed = decoder.feed(chunk)
+            except ValueError as exc:
+                raise ExportAbortedError(f"the export is not an Arrow stream: {exc}") from None
+            batches += fed
+            rows = [batch for batch in fed if batch.num_rows]
+            if rows:  # the t of the last row received, as ticks done of the range
+                meter.update(rows[-1].column(0)[-1].as_py() - start[0] + 1)
+        if not decoder.done or decoder.schema is None:
+            raise ExportAbortedError("the export ended before the end of its Arrow stream")
+    except BaseException:
+        meter.interrupt()
+        raise
+    result = pa.Table.from_batches(batches, schema=decoder.schema)
+    meter.update(meter.total, force=True)
+    meter.finish(f"{meter.total:,} ticks, {result.num_rows:,} rows of {table}")
+    return result
