@@ -282,7 +282,7 @@ def create_app() -> TickcastApp:
     @security_scheme(READ_ACCESS)
     @takes_query(*PAGE_PARAMS)
     async def incremental() -> Response:
-        """Up to ``limit`` (max ``PAGE_LIMIT``) consecutive ticks from ``max(from_t, oldest_t)``.
+        """Up to ``limit`` consecutive ticks (capped) from ``max(from_t, oldest_t)``.
 
         With ``from_ts``: from the first tick whose ``ts >= from_ts`` (with ``from_t``
         too, the first that meets both). The page stops at ``to_t`` and at the last

@@ -128,14 +128,14 @@ DESCRIPTION = f"""\
 The HTTP side of tickcast, a live market-data feed.
 
 * The WebSocket stream `GET /ws/stream` is described as AsyncAPI 3 in
-  [/asyncapi.json](/asyncapi.json); its handshake refusals (400, 401, 429) are JSON too.
+  [/asyncapi.json](/asyncapi.json); its handshake refusals (400, 401, 429, 503) are JSON too.
 * Every error response is JSON: `{{"error": "<code>", "detail": "<sentence>"}}`.
 * A path not listed here answers 404; a method a path does not take answers 405
   with an `Allow` header.
 * A query parameter a path does not list is answered 400 naming it (a typo such
   as `lmit` is never ignored); a path that lists none takes none.
 * `/incremental` caps `limit` at {PAGE_LIMIT} without an error.
-* With `read_token` set, `/incremental`, `/` and `/ws/stream` need it
+* With `read_token` set, `/incremental`, `/export`, `/` and `/ws/stream` need it
   (`Authorization: Bearer` or `?token=`); `/health` and `/metrics` stay open.
 * tickcast {__version__}.
 """
