@@ -600,48 +600,8 @@ for tick in Client(sys.argv[1], fields=["s"]).stream():
 """
 
 
-async def interrupted(script: str, url: str) -> tuple[int, str]:
-    """Run ``script``, Ctrl-C it once it printed a tick; its exit status and stderr."""
-    proc = await trio.lowlevel.open_process(
-        [PYTHON, "-c", script, url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=_default_sigint,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    err = b""
-    try:
-        with trio.fail_after(WAIT_S):
-            assert await proc.stdout.receive_some(65536)  # a tick
-            proc.send_signal(signal.SIGINT)
-            while chunk := await proc.stderr.receive_some(65536):
-                err += chunk
-            await proc.wait()
-    finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            await proc.stdout.aclose()
-            await proc.stderr.aclose()
-    return proc.returncode, err.decode()
-
-
-@pytest.mark.parametrize("script", [HELD_STREAM, PLAIN_STREAM], ids=["held", "plain"])
-async def test_ctrl_c_on_a_blocking_stream_prints_one_traceback(
-    server: Running, script: str
-) -> None:
-    # A held stream hung at exit until a second Ctrl-C (its close waited for the
-    # portal's thread during the interpreter's final clean-up), then printed more.
-    for _ in range(3):
-        code, err = await interrupted(script, server.url(""))
-        assert code != 0
-        assert err.count("Traceback") == 1 and err.count("KeyboardInterrupt") == 1, err
-        assert err.rstrip().endswith("KeyboardInterrupt"), err
-
-
-async def test_tail_prints_json_lines_and_ends_quietly_on_ctrl_c(server: Running) -> None:
-    cmd = [PYTHON, "-m", "tickcast.cli", "tail", server.url(""), "--from-t", "0", "--fields", "s"]
+async def interrupted(cmd: list[str], *, lines: int = 1) -> tuple[int, bytes, bytes]:
+    """Run ``cmd``, Ctrl-C it once it printed ``lines`` lines; its status, stdout, stderr."""
     proc = await trio.lowlevel.open_process(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint
     )
@@ -649,8 +609,10 @@ async def test_tail_prints_json_lines_and_ends_quietly_on_ctrl_c(server: Running
     out = err = b""
     try:
         with trio.fail_after(WAIT_S):
-            while out.count(b"\n") < 30:
-                out += await proc.stdout.receive_some(65536)
+            while out.count(b"\n") < lines:
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, "the command ended before printing"
+                out += chunk
             proc.send_signal(signal.SIGINT)
             while chunk := await proc.stdout.receive_some(65536):
                 out += chunk
@@ -664,7 +626,27 @@ async def test_tail_prints_json_lines_and_ends_quietly_on_ctrl_c(server: Running
                 await proc.wait()
             await proc.stdout.aclose()
             await proc.stderr.aclose()
-    assert proc.returncode == 0, err.decode()
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("script", [HELD_STREAM, PLAIN_STREAM], ids=["held", "plain"])
+async def test_ctrl_c_on_a_blocking_stream_prints_one_traceback(
+    server: Running, script: str
+) -> None:
+    # A held stream hung at exit until a second Ctrl-C (its close waited for the
+    # portal's thread during the interpreter's final clean-up), then printed more.
+    for _ in range(3):
+        code, _, raw = await interrupted([PYTHON, "-c", script, server.url("")])
+        err = raw.decode()
+        assert code != 0
+        assert err.count("Traceback") == 1 and err.count("KeyboardInterrupt") == 1, err
+        assert err.rstrip().endswith("KeyboardInterrupt"), err
+
+
+async def test_tail_prints_json_lines_and_ends_quietly_on_ctrl_c(server: Running) -> None:
+    cmd = [PYTHON, "-m", "tickcast.cli", "tail", server.url(""), "--from-t", "0", "--fields", "s"]
+    code, out, err = await interrupted(cmd, lines=30)
+    assert code == 0, err.decode()
     assert err == b""  # no traceback, nothing to report
     ticks = [orjson.loads(line) for line in out.splitlines()]
     assert [t["t"] for t in ticks] == list(range(len(ticks)))
