@@ -29,6 +29,7 @@ from test_edge import (
     EdgeRunning,
     edge_config,
     producer,
+    refused_edge,
     running_edge,
     wait_edge_at,
 )
@@ -144,24 +145,13 @@ async def test_a_protected_edge_takes_its_own_read_token(
 async def test_an_edge_refused_by_history_url_gives_truncated_not_a_loop(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    async with producer(tmp_path, redis_server, rate=300.0, read_token=READ) as prod:
-        await prod.wait_for_t(300)
-        config = edge_config(
-            tmp_path,
-            redis_server,
-            ring_size=100,
-            read_token=READ,
-            history_url=prod.url(""),
-            history_token=WRONG,
-        )
-        async with running_edge(config) as edge:
-            await wait_edge_at(edge, 300)
-            client = Client(edge.url(""), token=READ, **FAST)
-            with pytest.raises(TruncatedError) as info:
-                await in_thread(first_of_stream, client, from_t=0)
-            assert info.value.next_t == 0 and info.value.oldest_t > 0
-            with pytest.raises(TruncatedError):
-                await in_thread(client.history, 0, 100)
+    async with refused_edge(tmp_path, redis_server) as edge:
+        client = Client(edge.url(""), token=READ, **FAST)
+        with pytest.raises(TruncatedError) as info:
+            await in_thread(first_of_stream, client, from_t=0)
+        assert info.value.next_t == 0 and info.value.oldest_t > 0
+        with pytest.raises(TruncatedError):
+            await in_thread(client.history, 0, 100)
 
 
 @pytest.fixture

@@ -371,39 +371,47 @@ async def test_a_hole_is_filled_from_history_url(
             assert health.status_code == 200, health.text
 
 
-async def test_a_refused_history_url_degrades_health_naming_history_token(
-    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="tickcast")
-    async with producer(tmp_path, redis_server, rate=300.0, read_token=READ) as prod:
+@asynccontextmanager
+async def refused_edge(tmp_path: Path, redis: RedisServer) -> AsyncIterator[EdgeRunning]:
+    """A protected producer 300 ticks on, and an edge (a ring of 100) whose
+    ``history_token`` that producer refuses."""
+    async with producer(tmp_path, redis, rate=300.0, read_token=READ) as prod:
         await prod.wait_for_t(300)
         config = edge_config(
             tmp_path,
-            redis_server,
+            redis,
             ring_size=100,
             read_token=READ,
             history_url=prod.url(""),
             history_token=WRONG,
         )
-        async with running_edge(config) as edge, httpx.AsyncClient() as client:
+        async with running_edge(config) as edge:
             await wait_edge_at(edge, 300)
-            with trio.fail_after(WAIT_S):
-                # the refusal is found by the edge's own probe: poll its /health
-                while (health := await client.get(edge.url("/health"))).status_code != 503:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            body = health.json()
-            assert body["status"] == "degraded"
-            assert "history_token" in body["reason"] and "HTTP 401" in body["reason"]
-            assert WRONG not in body["reason"]
-            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-            assert any("history_token" in line for line in errors), errors
-            # The producer's older ticks are not offered: a resume before the ring is
-            # truncated (a clear answer), never a 4008 that the resume gets again.
-            async with open_websocket_url(edge.ws_url(f"?from_t=0&token={READ}")) as ws:
-                hello = orjson.loads(await ws.get_message())
-            assert hello["truncated"] is True and hello["oldest_t"] > 0
-            page = await client.get(edge.url(f"/incremental?from_t=0&limit=5&token={READ}"))
-            assert page.json()["from_t"] >= hello["oldest_t"] > 0  # the ring moves on
+            yield edge
+
+
+async def test_a_refused_history_url_degrades_health_naming_history_token(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tickcast")
+    async with refused_edge(tmp_path, redis_server) as edge, httpx.AsyncClient() as client:
+        with trio.fail_after(WAIT_S):
+            # the refusal is found by the edge's own probe: poll its /health
+            while (health := await client.get(edge.url("/health"))).status_code != 503:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        body = health.json()
+        assert body["status"] == "degraded"
+        assert "history_token" in body["reason"] and "HTTP 401" in body["reason"]
+        assert WRONG not in body["reason"]
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("history_token" in line for line in errors), errors
+        # The producer's older ticks are not offered: a resume before the ring is
+        # truncated (a clear answer), never a 4008 that the resume gets again.
+        async with open_websocket_url(edge.ws_url(f"?from_t=0&token={READ}")) as ws:
+            hello = orjson.loads(await ws.get_message())
+        assert hello["truncated"] is True and hello["oldest_t"] > 0
+        page = await client.get(edge.url(f"/incremental?from_t=0&limit=5&token={READ}"))
+        assert page.json()["from_t"] >= hello["oldest_t"] > 0  # the ring moves on
 
 
 async def test_an_edge_without_read_token_refuses_a_protected_stream(
