@@ -218,6 +218,12 @@ async def test_a_range_past_retention_starts_at_oldest_t(
         assert "x-tickcast-truncated" not in r.headers
 
 
+async def export_cli(srv: Running, *args: str, out: Path) -> subprocess.CompletedProcess[bytes]:
+    """``tickcast export URL ARGS -o OUT`` run to its end; its status, stdout and stderr."""
+    cmd = [PYTHON, "-m", "tickcast.cli", "export", srv.url(""), *args, "-o", str(out)]
+    return await trio.run_process(cmd, check=False, capture_stdout=True, capture_stderr=True)
+
+
 # -- refusals -----------------------------------------------------------------------------
 
 
@@ -304,27 +310,17 @@ async def test_a_corrupt_record_mid_range_aborts_the_response(
         assert body.count(b"\n") <= bad  # nothing at or past the damaged record
     # The CLI says so, exits non-zero and leaves no partial file.
     out = srv.config.data_dir.parent / f"out.{fmt}"
-    cli = await trio.run_process(
-        [
-            PYTHON,
-            "-m",
-            "tickcast.cli",
-            "export",
-            srv.url(""),
-            "--from-t",
-            "0",
-            "--to-t",
-            str(HISTORY - 1),
-            "--table",
-            "agents",
-            "--format",
-            fmt,
-            "-o",
-            str(out),
-        ],
-        check=False,
-        capture_stdout=True,
-        capture_stderr=True,
+    cli = await export_cli(
+        srv,
+        "--from-t",
+        "0",
+        "--to-t",
+        str(HISTORY - 1),
+        "--table",
+        "agents",
+        "--format",
+        fmt,
+        out=out,
     )
     assert cli.returncode != 0
     message = cli.stderr.decode().strip().splitlines()[-1]
@@ -419,25 +415,8 @@ async def test_client_table_raises_when_the_export_breaks_off(
 async def test_the_cli_writes_the_file_with_a_progress_line(srv: Running, tmp_path: Path) -> None:
     for fmt, suffix in [("parquet", "parquet"), ("arrow", "arrows"), ("csv", "csv")]:
         out = tmp_path / f"agents.{suffix}"
-        cli = await trio.run_process(
-            [
-                PYTHON,
-                "-m",
-                "tickcast.cli",
-                "export",
-                srv.url(""),
-                "--from-t",
-                "2000",
-                "--to-t",
-                "2700",
-                "--table",
-                "agents",
-                "-o",
-                str(out),
-            ],
-            check=False,
-            capture_stdout=True,
-            capture_stderr=True,
+        cli = await export_cli(
+            srv, "--from-t", "2000", "--to-t", "2700", "--table", "agents", out=out
         )
         assert cli.returncode == 0, cli.stderr
         err = cli.stderr.decode()
@@ -447,11 +426,7 @@ async def test_the_cli_writes_the_file_with_a_progress_line(srv: Running, tmp_pa
         assert read_table(fmt, out.read_bytes()).to_pylist() == normal(want)
         assert not out.with_name(out.name + ".part").exists()
     out = tmp_path / "ticks.ndjson"
-    cli = await trio.run_process(
-        [PYTHON, "-m", "tickcast.cli", "export", srv.url(""), "--to-t", "99", "-o", str(out)],
-        check=False,
-        capture_stderr=True,
-    )
+    cli = await export_cli(srv, "--to-t", "99", out=out)
     assert cli.returncode == 0, cli.stderr
     assert len(out.read_bytes().splitlines()) == 100
 
