@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -39,7 +38,7 @@ from tickcast.errors import StoreError, TickcastError
 from tickcast.export.formats import Encoder
 from tickcast.export.params import ExportParams
 from tickcast.export.tables import Flattener, SchemaDriftError, base_schema, unify
-from tickcast.storage.history import History
+from tickcast.storage.history import History, range_end
 from tickcast.tick import EncodedTick
 
 __all__ = [
@@ -181,11 +180,8 @@ async def resolve_range(history: History, params: ExportParams) -> ExportRange:
         truncated = truncated or (by_time == oldest > 0 and start <= oldest)
         start = max(start, by_time)
     start = max(start, oldest)
-    end = latest if params.to_t is None else min(latest, params.to_t)
-    if params.to_ts is not None:  # the last tick with ts <= to_ts
-        after = await history.find_ts(math.nextafter(params.to_ts, math.inf))
-        end = min(end, after - 1)
-    if end < start:
+    end = await range_end(history, params.to_t, params.to_ts)
+    if end is None or end < start:
         return ExportRange(start, start - 1, epoch, truncated)
     return ExportRange(start, end, epoch, truncated)
 

@@ -20,6 +20,7 @@ keeps:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,7 +28,7 @@ from typing import Protocol
 from tickcast.storage.ring import Ring
 from tickcast.tick import EncodedTick
 
-__all__ = ["History", "HistoryStatistics", "read_through"]
+__all__ = ["History", "HistoryStatistics", "range_end", "read_through"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,3 +153,24 @@ async def read_through(
         start = ticks[-1].t + 1
         limit -= len(ticks)
     return out
+
+
+async def range_end(history: History, to_t: int | None, to_ts: float | None) -> int | None:
+    """The last tick of a range that ends at ``to_t`` and/or ``to_ts`` (both inclusive).
+
+    The latest tick, lowered to ``to_t`` and to the last tick whose ``ts <= to_ts``
+    (the first with ``ts > to_ts``, less one: one seek, as ``find_ts`` costs). None
+    while the history is empty. ``/incremental`` and ``/export`` end their ranges
+    through this, so the two read the same range from the same parameters.
+
+    Raises:
+        CorruptRecordError: the seek by time probed a corrupt record.
+    """
+    end = history.latest_t
+    if end is None:
+        return None
+    if to_t is not None:
+        end = min(end, to_t)
+    if to_ts is not None:
+        end = min(end, await history.find_ts(math.nextafter(to_ts, math.inf)) - 1)
+    return end

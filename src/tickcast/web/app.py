@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
@@ -34,6 +33,7 @@ from tickcast.metrics import CONTENT_TYPE
 from tickcast.producer import Producer
 from tickcast.service import Service
 from tickcast.sources.ingest import MAX_INGEST_BYTES, tick_content
+from tickcast.storage.history import range_end
 from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.heartbeats import Heartbeats, service_heartbeats
@@ -295,13 +295,8 @@ def create_app() -> TickcastApp:
         history = service.history
         seek = None if query.from_ts is None else await history.find_ts(query.from_ts)
         from_t = page_start(query.from_t, seek) or 0
-        latest = upto = history.latest_t
-        if upto is not None and query.to_t is not None:
-            upto = min(upto, query.to_t)
-        if upto is not None and query.to_ts is not None:
-            # The first tick with ts > to_ts, less one: the last with ts <= to_ts.
-            after = await history.find_ts(math.nextafter(query.to_ts, math.inf))
-            upto = min(upto, after - 1)
+        latest = history.latest_t
+        upto = await range_end(history, query.to_t, query.to_ts)
         fields = query.fields
         ticks = await history.read(from_t, limit, upto=upto)
         oldest = history.oldest_t
