@@ -40,7 +40,7 @@ from tickcast.transports.heartbeats import Heartbeats, service_heartbeats
 from tickcast.transports.intake import Refusal, admit, authorize
 from tickcast.transports.params import PAGE_PARAMS, BadParam, parse_page_params, reject_unknown
 from tickcast.transports.params import start_t as page_start
-from tickcast.web import apidocs, export, keepalive, openapi, schemas
+from tickcast.web import apidocs, export, keepalive, openapi, schemas, timeline
 from tickcast.web.openapi import (
     INGEST_ACCESS,
     READ_ACCESS,
@@ -211,6 +211,7 @@ def create_app() -> TickcastApp:
     keepalive.install(app)
     app.register_blueprint(apidocs.blueprint)
     export.install(app, lambda: app.mounted().service)  # GET /export (web/export.py)
+    timeline.install(app, lambda: app.mounted().service)  # GET /timeline (web/timeline.py)
 
     @app.before_request
     async def known_query() -> None:
