@@ -65,7 +65,7 @@ def test_dashboard_shows_live_ticks_and_resumes_after_restart(
     with tickcast_process(tmp_path, data_dir=data, port=port, name="first") as srv:
         page.goto(srv.url("/"))
         page.wait_for_function("window.__tickcast && window.__tickcast.count >= 30", timeout=15000)
-        assert page.locator("#conn").inner_text() == "live"
+        assert page.locator("#mode").inner_text() == "live"
         shown_t = int(page.locator("#t").inner_text())
         assert shown_t >= 29
         assert float(state_value(page, "price_norm")) > 0
@@ -80,7 +80,7 @@ def test_dashboard_shows_live_ticks_and_resumes_after_restart(
         page.wait_for_function(f"window.__tickcast.lastT >= {target}", timeout=20000)
         after = ticks_seen(page)
         assert after["missed"] == 0
-        assert page.locator("#conn").inner_text() == "live"
+        assert page.locator("#mode").inner_text() == "live"
     assert errors == []
     page.close()
 
@@ -99,7 +99,7 @@ def test_dashboard_with_a_read_token_passes_it_on_and_shows_live_ticks(
         shown = page.goto(srv.url(f"/?token={token}"))
         assert shown is not None and shown.status == 200
         page.wait_for_function("window.__tickcast && window.__tickcast.count >= 20", timeout=15000)
-        assert page.locator("#conn").inner_text() == "live"
+        assert page.locator("#mode").inner_text() == "live"
         assert ticks_seen(page)["missed"] == 0
         assert float(state_value(page, "price_norm")) > 0
     assert errors == []
@@ -147,7 +147,7 @@ def test_dashboard_shows_an_external_simulation_and_counts_only_live_ticks(
             page.wait_for_function(
                 "window.__tickcast && window.__tickcast.live >= 40", timeout=20000
             )
-            assert page.locator("#conn").inner_text() == "live"
+            assert page.locator("#mode").inner_text() == "live"
             assert ticks_seen(page)["missed"] == 0
             # Every member of s: the numbers with a sparkline, the rest as text.
             assert 100 <= float(state_value(page, "mid")) < 110
