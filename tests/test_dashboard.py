@@ -4,6 +4,11 @@ It must show live ticks, count no gap, and survive a server restart by resuming
 with ``from_t`` (docs/api.md ``GET /``, docs/protocol.md resume); show whatever an
 external simulation's ticks carry (``--source ingest``, fed by the publisher); count
 only live ticks in its rate; and raise no page error.
+
+As a replay client (docs/dashboard.md): a link ``/#t=N`` opens tick N; a click on
+the timeline seeks and draws the tick there; the speed control replays faster
+than the ticks were produced; the "live" button goes back to following live; the
+URL's hash follows the position. Every wait is for an event, bounded by a timeout.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from conftest import free_port, tickcast_process
 from tickcast.publisher import Publisher
+from tickcast.sources.simulator import Market
+from tickcast.storage import SegmentStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Chromium's own background traffic is refused on this network: keep it quiet.
@@ -169,3 +178,142 @@ def test_dashboard_shows_an_external_simulation_and_counts_only_live_ticks(
     assert errors == []
     assert console == []
     page.close()
+
+
+# -- replay --------------------------------------------------------------------------
+
+HISTORY = 3000  # ticks stored before the server starts
+RATE = 50  # ticks/s: tickcast_process's --rate, and the pace of the stored ticks' ts
+
+
+def stored_history(data: Path, n: int = HISTORY) -> None:
+    """``n`` simulated ticks in ``data``, their ``ts`` spaced as ``RATE`` would, ending now."""
+    market = Market(agents=20, seed=5)
+    start = time.time() - n / RATE
+    raws = [orjson.dumps(market.step(t, round(start + t / RATE, 6))) for t in range(n)]
+    with SegmentStore.open(data) as store:
+        for i in range(0, n, 500):
+            store.append([(i + k, raw) for k, raw in enumerate(raws[i : i + 500])])
+
+
+def stored_tick(url: str, t: int) -> dict[str, Any]:
+    tick = httpx.get(f"{url}/incremental?from_t={t}&limit=1").json()["data"][0]
+    assert isinstance(tick, dict) and tick["t"] == t
+    return tick
+
+
+def watched(browser: Browser, errors: list[str]) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return page
+
+
+def shows_tick(page: Page, tick: dict[str, Any]) -> None:
+    """The page shows ``tick``: its t, and the members of its s."""
+    assert page.locator("#t").inner_text() == str(tick["t"])
+    for key, value in tick["s"].items():
+        assert abs(float(state_value(page, key)) - value) < 1e-6, (key, value)
+
+
+def test_a_link_opens_that_moment(browser: Browser, tmp_path: Path) -> None:
+    stored_history(tmp_path / "segments")
+    errors: list[str] = []
+    with tickcast_process(tmp_path) as srv:
+        # Paused: the page shows tick 1234 and stays there.
+        page = watched(browser, errors)
+        page.goto(srv.url("/#t=1234&speed=2&paused"))
+        page.wait_for_function(
+            "window.__tickcast.mode === 'paused' && window.__tickcast.lastT === 1234",
+            timeout=15000,
+        )
+        page.wait_for_function("document.getElementById('t').textContent === '1234'")
+        shows_tick(page, stored_tick(srv.url(""), 1234))
+        assert page.locator("#mode").inner_text() == "paused"
+        assert page.locator("#speed").input_value() == "2"
+        assert page.evaluate("location.hash") == "#t=1234&speed=2&paused"
+        page.close()
+        # Playing: the first tick drawn is tick 1000, then the replay moves on.
+        page = watched(browser, errors)
+        page.goto(srv.url("/#t=1000&speed=1"))
+        page.wait_for_function("window.__tickcast.lastT > 1000", timeout=15000)
+        state = ticks_seen(page)
+        assert state["firstT"] == 1000 and state["missed"] == 0
+        assert page.locator("#mode").inner_text() == "replay 1\N{MULTIPLICATION SIGN}"
+        page.close()
+    assert errors == []
+
+
+def test_seek_with_the_timeline_then_back_to_live(browser: Browser, tmp_path: Path) -> None:
+    stored_history(tmp_path / "segments")
+    errors: list[str] = []
+    with tickcast_process(tmp_path) as srv:
+        page = watched(browser, errors)
+        page.goto(srv.url("/#t=500&speed=1&paused"))
+        page.wait_for_function(
+            "window.__tickcast.lastT === 500 && window.__tickcast.timeline", timeout=15000
+        )
+        timeline = page.locator("#timeline")
+        box = timeline.bounding_box()
+        assert box is not None
+        first, last = page.evaluate("window.__tickcast.timeline")
+
+        def click_at(fraction: float) -> dict[str, Any]:
+            seeks = page.evaluate("window.__tickcast.probe.seeks")
+            page.mouse.click(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
+            page.wait_for_function(
+                f"(p => p.seeks > {seeks} && p.seekMs !== null && p.firstT !== null)"
+                "(window.__tickcast.probe)",
+                timeout=15000,
+            )
+            probe = page.evaluate("window.__tickcast.probe")
+            assert isinstance(probe, dict)
+            tolerance = (last - first) / box["width"] * 2  # a pixel or two
+            assert abs(probe["seekT"] - (first + fraction * (last - first))) <= tolerance
+            return probe
+
+        # Paused: the tick at the clicked t is drawn, and the URL names it.
+        probe = click_at(0.25)
+        assert probe["firstT"] == probe["seekT"] == ticks_seen(page)["lastT"]
+        page.wait_for_function(f"document.getElementById('t').textContent === '{probe['seekT']}'")
+        shows_tick(page, stored_tick(srv.url(""), probe["seekT"]))
+        page.wait_for_function(f"location.hash === '#t={probe['seekT']}&speed=1&paused'")
+        # Playing: the stream goes on from exactly the clicked t.
+        page.click("#play")
+        page.wait_for_function("window.__tickcast.mode === 'playing'", timeout=15000)
+        probe = click_at(0.75)
+        assert probe["firstT"] == probe["seekT"]
+        page.wait_for_function(f"window.__tickcast.lastT > {probe['seekT']}", timeout=15000)
+        assert ticks_seen(page)["missed"] == 0
+        # Live: back to the latest tick, and the URL drops the position.
+        latest = httpx.get(srv.url("/health")).json()["latest_t"]
+        page.click("#live")
+        page.wait_for_function(
+            f"window.__tickcast.mode === 'live' && window.__tickcast.lastT > {latest}",
+            timeout=15000,
+        )
+        assert page.locator("#mode").inner_text() == "live"
+        page.wait_for_function("location.hash === ''")
+        page.close()
+    assert errors == []
+
+
+def test_play_at_ten_times_the_production_rate(browser: Browser, tmp_path: Path) -> None:
+    stored_history(tmp_path / "segments")
+    errors: list[str] = []
+    with tickcast_process(tmp_path) as srv:
+        page = watched(browser, errors)
+        page.goto(srv.url("/#t=100&speed=1"))
+        page.wait_for_function("window.__tickcast.lastT > 100", timeout=15000)
+        page.select_option("#speed", "10")
+        page.wait_for_function("window.__tickcast.speed === 10", timeout=15000)
+        t0, ms0 = page.evaluate("[window.__tickcast.lastT, performance.now()]")
+        page.wait_for_function(f"window.__tickcast.lastT >= {t0 + 400}", timeout=30000)
+        t1, ms1 = page.evaluate("[window.__tickcast.lastT, performance.now()]")
+        rate = (t1 - t0) / ((ms1 - ms0) / 1000)
+        # 10x is 500 ticks/s. Loosely: clearly faster than 1x, and still paced (not max).
+        assert 3 * RATE < rate < 50 * RATE, rate
+        assert page.locator("#mode").inner_text() == "replay 10\N{MULTIPLICATION SIGN}"
+        assert ticks_seen(page)["missed"] == 0
+        page.wait_for_function("location.hash.includes('&speed=10')")
+        page.close()
+    assert errors == []
