@@ -209,8 +209,8 @@ def watched(browser: Browser, errors: list[str]) -> Page:
 
 
 def shows_tick(page: Page, tick: dict[str, Any]) -> None:
-    """The page shows ``tick``: its t, and the members of its s."""
-    assert page.locator("#t").inner_text() == str(tick["t"])
+    """The page shows ``tick`` (once its next frame is drawn): its t, and the members of its s."""
+    page.wait_for_function(f"document.getElementById('t').textContent === '{tick['t']}'")
     for key, value in tick["s"].items():
         assert abs(float(state_value(page, key)) - value) < 1e-6, (key, value)
 
@@ -226,11 +226,14 @@ def test_a_link_opens_that_moment(browser: Browser, tmp_path: Path) -> None:
             "window.__tickcast.mode === 'paused' && window.__tickcast.lastT === 1234",
             timeout=15000,
         )
-        page.wait_for_function("document.getElementById('t').textContent === '1234'")
         shows_tick(page, stored_tick(srv.url(""), 1234))
         assert page.locator("#mode").inner_text() == "paused"
         assert page.locator("#speed").input_value() == "2"
         assert page.evaluate("location.hash") == "#t=1234&speed=2&paused"
+        # A position typed into the open page's URL: it seeks there.
+        page.evaluate("location.hash = '#t=2000&speed=2&paused'")
+        page.wait_for_function("window.__tickcast.lastT === 2000", timeout=15000)
+        shows_tick(page, stored_tick(srv.url(""), 2000))
         page.close()
         # Playing: the first tick drawn is tick 1000, then the replay moves on.
         page = watched(browser, errors)
@@ -274,7 +277,6 @@ def test_seek_with_the_timeline_then_back_to_live(browser: Browser, tmp_path: Pa
         # Paused: the tick at the clicked t is drawn, and the URL names it.
         probe = click_at(0.25)
         assert probe["firstT"] == probe["seekT"] == ticks_seen(page)["lastT"]
-        page.wait_for_function(f"document.getElementById('t').textContent === '{probe['seekT']}'")
         shows_tick(page, stored_tick(srv.url(""), probe["seekT"]))
         page.wait_for_function(f"location.hash === '#t={probe['seekT']}&speed=1&paused'")
         # Playing: the stream goes on from exactly the clicked t.

@@ -139,7 +139,7 @@ The HTTP side of tickcast, a live market-data feed.
 * A query parameter a path does not list is answered 400 naming it (a typo such
   as `lmit` is never ignored); a path that lists none takes none.
 * `/incremental` caps `limit` at {PAGE_LIMIT} without an error.
-* With `read_token` set, `/incremental`, `/export`, `/` and `/ws/stream` need it
+* With `read_token` set, `/incremental`, `/export`, `/timeline`, `/` and `/ws/stream` need it
   (`Authorization: Bearer` or `?token=`); `/health` and `/metrics` stay open.
 * tickcast {__version__}.
 """
