@@ -319,3 +319,58 @@ def test_play_at_ten_times_the_production_rate(browser: Browser, tmp_path: Path)
         page.wait_for_function("location.hash.includes('&speed=10')")
         page.close()
     assert errors == []
+
+
+def test_drag_on_the_timeline_seeks_where_it_is_let_go(browser: Browser, tmp_path: Path) -> None:
+    stored_history(tmp_path / "segments")
+    errors: list[str] = []
+    with tickcast_process(tmp_path) as srv:
+        page = watched(browser, errors)
+        page.goto(srv.url("/#t=100&speed=1&paused"))
+        page.wait_for_function(
+            "window.__tickcast.lastT === 100 && window.__tickcast.timeline", timeout=15000
+        )
+        box = page.locator("#timeline").bounding_box()
+        assert box is not None
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] * 0.2, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=20)
+        seeks = page.evaluate("window.__tickcast.probe.seeks")
+        page.mouse.up()
+        page.wait_for_function(
+            f"(p => p.seeks > {seeks} && p.firstT !== null)(window.__tickcast.probe)",
+            timeout=15000,
+        )
+        probe = page.evaluate("window.__tickcast.probe")
+        first, last = page.evaluate("window.__tickcast.timeline")
+        tolerance = (last - first) / box["width"] * 2
+        assert abs(probe["seekT"] - (first + 0.6 * (last - first))) <= tolerance
+        shows_tick(page, stored_tick(srv.url(""), probe["seekT"]))
+        assert page.locator("#mode").inner_text() == "paused"
+        page.close()
+    assert errors == []
+
+
+def test_a_replay_resumes_after_a_restart_at_the_same_speed(
+    browser: Browser, tmp_path: Path
+) -> None:
+    data = tmp_path / "segments"
+    stored_history(data)
+    port = free_port()
+    errors: list[str] = []
+    page = watched(browser, errors)
+    with tickcast_process(tmp_path, port=port, name="first") as srv:
+        page.goto(srv.url("/#t=500&speed=2"))
+        page.wait_for_function("window.__tickcast.lastT > 520", timeout=15000)
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(10) == 0
+    page.wait_for_function("document.getElementById('conn').textContent.startsWith('reconnecting')")
+    before = ticks_seen(page)["lastT"]
+    with tickcast_process(tmp_path, port=port, name="second"):
+        page.wait_for_function(f"window.__tickcast.lastT > {before + 50}", timeout=20000)
+        state = ticks_seen(page)
+        assert state["missed"] == 0 and state["mode"] == "playing" and state["speed"] == 2
+        assert page.locator("#mode").inner_text() == "replay 2\N{MULTIPLICATION SIGN}"
+    assert errors == []
+    page.close()
