@@ -374,3 +374,26 @@ def test_a_replay_resumes_after_a_restart_at_the_same_speed(
         assert page.locator("#mode").inner_text() == "replay 2\N{MULTIPLICATION SIGN}"
     assert errors == []
     page.close()
+
+
+def test_a_link_keeps_its_position_until_the_tick_is_shown(
+    browser: Browser, tmp_path: Path
+) -> None:
+    # The URL follows the position, but before the first tick is shown there is no
+    # position to write: the page used to drop the link's fragment then, and a
+    # reconnect in that window opened live instead of the linked tick.
+    stored_history(tmp_path / "segments")
+    errors: list[str] = []
+    with tickcast_process(tmp_path) as srv:
+        page = watched(browser, errors)
+        page.route("**/incremental?**", lambda route: route.abort())  # tick 1234 never comes
+        page.goto(srv.url("/#t=1234&speed=2&paused"))
+        page.wait_for_function(
+            "window.__tickcast.probe.seekGen !== null && window.__tickcast.mode === 'paused'",
+            timeout=15000,
+        )
+        page.evaluate("writeHash()")  # what the page does four times a second
+        assert page.evaluate("location.hash") == "#t=1234&speed=2&paused"
+        assert ticks_seen(page)["lastT"] is None
+        page.close()
+    assert errors == []
