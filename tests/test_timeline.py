@@ -15,7 +15,8 @@ import pytest
 from conftest import Running, make_config, running
 from tickcast.sources.simulator import Market
 from tickcast.storage import SegmentStore
-from tickcast.web.timeline import MAX_POINTS, numeric_members, sample_grid
+from tickcast.tick import EncodedTick
+from tickcast.web.timeline import MAX_POINTS, Samples, numeric_members, sample_grid
 
 HISTORY = 3000  # ticks on disk before the server starts; the last RING of them in memory
 RING = 500
@@ -176,3 +177,42 @@ async def test_the_read_token_guards_it(tmp_path: Path) -> None:
         refused = await json_of(srv, "/timeline", 401)
         assert refused["error"] == "unauthorized"
         assert len((await json_of(srv, f"/timeline?token={TOKEN}"))["t"]) == 10
+
+
+class CountingHistory:
+    """The part of History that Samples reads: ``read``, counted, over ticks 0..n-1."""
+
+    def __init__(self, n: int, epoch: str = "e1") -> None:
+        self.n = n
+        self.epoch = epoch
+        self.reads: list[tuple[int, int]] = []
+
+    async def read(self, from_t: int, limit: int, *, upto: int | None = None) -> list[Any]:
+        self.reads.append((from_t, limit))
+        end = min(self.n - 1, from_t + limit - 1, self.n if upto is None else upto)
+        return [
+            EncodedTick.from_dict({"type": "tick", "t": t, "ts": float(t), "s": {"x": t * 2}})
+            for t in range(from_t, end + 1)
+        ]
+
+
+async def test_samples_are_read_once_then_kept_within_a_bound() -> None:
+    history: Any = CountingHistory(1000)
+    samples = Samples(limit=8)
+    got = await samples.read(history, [0, 1, 2, 500, 999])
+    assert {t: s[1]["x"] for t, s in got.items()} == {0: 0, 1: 2, 2: 4, 500: 1000, 999: 1998}
+    assert history.reads == [(0, 3), (500, 1), (999, 1)]  # a run of consecutive t in one read
+    history.reads.clear()
+    assert await samples.read(history, [0, 500, 999]) == {t: got[t] for t in (0, 500, 999)}
+    assert history.reads == []
+    # Over the bound, the oldest are forgotten, and every sample asked for is answered.
+    many = list(range(100, 110))
+    assert list(await samples.read(history, many)) == many
+    history.reads.clear()
+    assert list(await samples.read(history, [0, 109])) == [0, 109]
+    assert history.reads == [(0, 1)]
+    # A new epoch: nothing kept is valid any more.
+    history.epoch = "e2"
+    history.reads.clear()
+    await samples.read(history, [109])
+    assert history.reads == [(109, 1)]
