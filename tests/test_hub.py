@@ -185,6 +185,20 @@ def test_live_sub_is_never_evicted_for_lag() -> None:
     assert sub.got() == [50]
 
 
+def test_a_replaying_sub_is_never_evicted_for_lag() -> None:
+    # A paced or paused replay is not a slow consumer, however far behind it is.
+    hub = Hub(lag_limit=1)
+    sub = FakeSub(next_t=0)
+    sub.live = False
+    sub.replaying = True
+    hub.add(sub)
+    publish(hub, 0, 50)
+    assert sub.evict_calls == 0 and sub.buffer == []
+    sub.replaying = False  # catching up again: the rule applies
+    hub.publish(tick(50))
+    assert sub.evict_calls == 1
+
+
 def test_ticks_before_next_t_are_skipped_for_live_subs() -> None:
     hub = Hub(lag_limit=100)
     future = FakeSub(next_t=5)  # asked for from_t=5 beyond the latest tick
