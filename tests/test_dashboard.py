@@ -397,3 +397,23 @@ def test_a_link_keeps_its_position_until_the_tick_is_shown(
         assert ticks_seen(page)["lastT"] is None
         page.close()
     assert errors == []
+
+
+def test_a_replay_that_reaches_the_latest_tick_says_it_is_live(
+    browser: Browser, tmp_path: Path
+) -> None:
+    # The server follows live ticks once a replay reaches them, without a message:
+    # the page asks, shows "live", and drops the position from the URL.
+    stored_history(tmp_path / "segments")
+    errors: list[str] = []
+    with tickcast_process(tmp_path) as srv:
+        page = watched(browser, errors)
+        page.goto(srv.url("/#t=2500&speed=max"))
+        page.wait_for_function("window.__tickcast.mode === 'live'", timeout=20000)
+        assert page.locator("#mode").inner_text() == "live"
+        page.wait_for_function("location.hash === ''")
+        latest = httpx.get(srv.url("/health")).json()["latest_t"]
+        page.wait_for_function(f"window.__tickcast.lastT > {latest}", timeout=15000)
+        assert ticks_seen(page)["missed"] == 0
+        page.close()
+    assert errors == []
