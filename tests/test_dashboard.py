@@ -417,3 +417,25 @@ def test_a_replay_that_reaches_the_latest_tick_says_it_is_live(
         assert ticks_seen(page)["missed"] == 0
         page.close()
     assert errors == []
+
+
+def test_pause_live_then_play_goes_on_from_there(browser: Browser, tmp_path: Path) -> None:
+    errors: list[str] = []
+    with tickcast_process(tmp_path) as srv:
+        page = watched(browser, errors)
+        page.goto(srv.url("/"))
+        page.wait_for_function("window.__tickcast.live >= 10", timeout=15000)
+        page.click("#play")  # pause
+        page.wait_for_function("window.__tickcast.mode === 'paused'", timeout=15000)
+        assert page.locator("#play").inner_text().endswith("play")
+        paused_at = ticks_seen(page)["lastT"]
+        page.wait_for_function(f"location.hash === '#t={paused_at}&speed=1&paused'")
+        page.click("#play")  # play: at the chosen speed, from the tick after the last shown
+        page.wait_for_function(
+            f"window.__tickcast.mode === 'playing' && window.__tickcast.lastT > {paused_at + 5}",
+            timeout=15000,
+        )
+        state = ticks_seen(page)
+        assert state["speed"] == 1 and state["missed"] == 0
+        page.close()
+    assert errors == []
