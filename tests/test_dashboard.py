@@ -439,3 +439,27 @@ def test_pause_live_then_play_goes_on_from_there(browser: Browser, tmp_path: Pat
         assert state["speed"] == 1 and state["missed"] == 0
         page.close()
     assert errors == []
+
+
+def test_a_replay_goes_live_when_the_history_is_a_new_one(browser: Browser, tmp_path: Path) -> None:
+    # After a restart on a wiped data directory (a new epoch) the replay's t means
+    # nothing: the page follows live in the new history instead.
+    stored_history(tmp_path / "segments")
+    port = free_port()
+    errors: list[str] = []
+    page = watched(browser, errors)
+    with tickcast_process(tmp_path, port=port, name="first") as srv:
+        page.goto(srv.url("/#t=1234&speed=1&paused"))
+        page.wait_for_function("window.__tickcast.lastT === 1234", timeout=15000)
+        old_epoch = page.locator("#epoch").inner_text()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(10) == 0
+    page.wait_for_function("document.getElementById('conn').textContent.startsWith('reconnecting')")
+    with tickcast_process(tmp_path, port=port, name="second", data_dir=tmp_path / "wiped"):
+        page.wait_for_function(
+            "window.__tickcast.mode === 'live' && window.__tickcast.live >= 5", timeout=20000
+        )
+        assert page.locator("#epoch").inner_text() != old_epoch
+        page.wait_for_function("location.hash === ''")
+    assert errors == []
+    page.close()
