@@ -201,7 +201,7 @@ async def test_samples_are_read_once_then_kept_within_a_bound() -> None:
     samples = Samples(limit=8)
     got = await samples.read(history, [0, 1, 2, 500, 999])
     assert {t: s[1]["x"] for t, s in got.items()} == {0: 0, 1: 2, 2: 4, 500: 1000, 999: 1998}
-    assert history.reads == [(0, 3), (500, 1), (999, 1)]  # a run of consecutive t in one read
+    assert sorted(history.reads) == [(0, 3), (500, 1), (999, 1)]  # a run of t in one read
     history.reads.clear()
     assert await samples.read(history, [0, 500, 999]) == {t: got[t] for t in (0, 500, 999)}
     assert history.reads == []
