@@ -9,6 +9,7 @@ against a scripted server on a real socket; the rest against a real tickcast
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import aclosing
 from functools import partial
@@ -153,6 +154,20 @@ async def test_a_connection_lost_after_the_last_tick_ends_the_replay() -> None:
         got = await replayed(Client(fake.url, **FAST), from_t=5, to_t=6, speed=2)
     assert got == [5, 6]
     assert len(fake.requests) == 1
+
+
+async def test_areplay_under_asyncio_ends_with_the_range() -> None:
+    end = [hello("A", 9), tick(5), tick(6), {"type": "end", "t": 6}]
+    async with scripted_server(Ws(end, close=(1000, "end of range"))) as fake:
+        client = Client(fake.url, **FAST)
+
+        async def consume() -> list[int]:
+            async with asyncio.timeout(WAIT_S), aclosing(client.areplay(from_t=5)) as ticks:
+                return [item["t"] async for item in ticks]
+
+        got = await trio.to_thread.run_sync(asyncio.run, consume())
+    assert got == [5, 6]
+    assert [target for target, _ in fake.requests] == ["/ws/stream?from_t=5&speed=1.0&batch=100"]
 
 
 # -- against a real tickcast ----------------------------------------------------------
