@@ -24,6 +24,7 @@ class FakeSub:
         self.allowance = 0
         self.lane: Lane | None = None
         self.live = True
+        self.replaying = False
         self.buffer: list[EncodedTick] = []
         self.fell_behind_calls = 0
         self.evict_calls = 0
@@ -182,6 +183,20 @@ def test_live_sub_is_never_evicted_for_lag() -> None:
     hub.publish(tick(50))
     assert sub.evict_calls == 0
     assert sub.got() == [50]
+
+
+def test_a_replaying_sub_is_never_evicted_for_lag() -> None:
+    # A paced or paused replay is not a slow consumer, however far behind it is.
+    hub = Hub(lag_limit=1)
+    sub = FakeSub(next_t=0)
+    sub.live = False
+    sub.replaying = True
+    hub.add(sub)
+    publish(hub, 0, 50)
+    assert sub.evict_calls == 0 and sub.buffer == []
+    sub.replaying = False  # catching up again: the rule applies
+    hub.publish(tick(50))
+    assert sub.evict_calls == 1
 
 
 def test_ticks_before_next_t_are_skipped_for_live_subs() -> None:
