@@ -44,7 +44,7 @@ from ..errors import (
     StreamClosedError,
     TruncatedError,
 )
-from ..wire import CloseCode
+from ..wire import CloseCode, MessageType
 from .settings import OnGap
 
 __all__ = ["MAX_STALLS", "Backoff", "Cursor", "Next", "Tick", "silence_limit_s"]
@@ -221,7 +221,7 @@ class Cursor:
         else:
             if kind == "error":
                 log.warning("the server says: %s", msg.get("detail", msg))
-            elif kind == "end":
+            elif kind == MessageType.END:
                 self.end(msg.get("t"))
             return []  # heartbeat, pong, replay, and message types added later
         self.advance(ticks)
@@ -246,9 +246,10 @@ class Cursor:
     def end(self, t: object) -> None:
         """The server ended the replay's range after tick ``t``; a close 1000 follows.
 
-        ``t`` is the last tick the server sent, so it is the last one taken here;
-        it is only logged if not (on a resumed connection that sent no tick, the
-        server may name the previous connection's last tick, or none).
+        ``t`` is the last tick the server sent (``from_t - 1`` on a connection that
+        sent none, such as a resume after the range's last tick by time), so it is
+        the last one taken here. A mismatch would be a server bug; it is logged, and
+        the range still ends (every tick taken was checked on the way).
         """
         last = None if self.next_t is None else self.next_t - 1
         if isinstance(t, int) and last is not None and t != last:

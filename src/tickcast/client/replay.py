@@ -20,10 +20,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["MAX_SPEED", "MIN_SPEED", "Replay", "Speed", "parse_speed"]
+from ..wire import MAX_SPEED, MIN_SPEED
 
-MIN_SPEED = 0.1
-MAX_SPEED = 1000.0
+__all__ = ["MAX_SPEED", "MIN_SPEED", "Replay", "Speed", "parse_speed"]
 
 # A replay's speed: a factor on the ticks' own pace, or "max" (as fast as they are read).
 Speed = float | Literal["max"]
