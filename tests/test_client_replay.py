@@ -229,10 +229,16 @@ async def test_replay_resumes_across_a_server_restart(
                 nursery.start_soon(consume, Client(first.url(""), fields=["s"], **FAST))
                 await twenty.wait()
             stopped_at = len(got)  # the first server has closed the stream (1001)
-            async with running(config):
+            async with running(config) as second:
+                restarted = trio.current_time()
                 await done.wait()
+                resumed_s = trio.current_time() - restarted
+                page = (await second.get(f"/incremental?from_t=0&limit={to_t + 1}")).json()
     assert got == list(range(to_t + 1))
     assert stopped_at <= to_t  # the restart did interrupt the replay
+    # The rest was paced at speed 1 again (loosely: accuracy is bench/'s business).
+    rest_s = page["data"][to_t]["ts"] - page["data"][stopped_at]["ts"]
+    assert resumed_s >= 0.5 * rest_s, (resumed_s, rest_s)
     connects = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connected")]
     assert len(connects) >= 2, connects
     assert all(f"to_t={to_t}, speed=1.0)" in line for line in connects), connects
