@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         "tail",
         help="print the stream as JSON lines on stdout (for jq)",
         description="Follow a tickcast stream and print one tick per line, without gaps or "
-        "duplicates across reconnects (tickcast.client). Connection events go to stderr.",
+        "duplicates across reconnects (tickcast.client). Connection events go to stderr. "
+        "With --speed or --to-t/--to-ts it replays a stretch of history paced by the "
+        "ticks' own ts, and exits 0 after the last tick of the range (docs/client.md).",
     )
     tail.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
     start = tail.add_mutually_exclusive_group()
@@ -98,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="start at the first tick whose ts (unix seconds) is >= this",
+    )
+    end = tail.add_mutually_exclusive_group()
+    end.add_argument(
+        "--to-t", type=int, default=None, help="replay up to this t, inclusive, then exit"
+    )
+    end.add_argument(
+        "--to-ts",
+        type=float,
+        default=None,
+        help="replay up to the last tick whose ts (unix seconds) is <= this, then exit",
+    )
+    tail.add_argument(
+        "--speed",
+        default=None,
+        help="replay at this multiple of the production pace (0.1..1000), or 'max' "
+        "[default: no pacing; 'max' with --to-t/--to-ts]",
     )
     tail.add_argument("--fields", default=None, help="comma list of s,agents,actions,matches")
     tail.add_argument(
@@ -226,6 +244,9 @@ def _tail(args: dict[str, Any]) -> int:
             fields=args["fields"],
             token=args["token"],
             on_gap=args["on_gap"],
+            to_t=args["to_t"],
+            to_ts=args["to_ts"],
+            speed=args["speed"],
         )
     except (TickcastError, ValueError) as exc:
         print(f"tickcast: error: {exc}", file=sys.stderr)

@@ -9,11 +9,14 @@
         ...                                       # (or from_ts=<unix seconds>)
     async for tick in c.astream(from_t=120_000):  # the same under trio or asyncio
         ...
+    for tick in c.replay(from_t=48_000, to_t=48_999, speed=10):  # paced by ts, 10x;
+        ...                                       # ends after t=48999 (inclusive)
     ticks = c.history(from_t=0, to_t=5_000)        # ticks 0..4999, paging /incremental
     agents = c.table(0, 5_000, table="agents")     # the same range as a pyarrow.Table
 
 Modules, in the order a tick passes them: ``websocket`` (bytes: anyio + wsproto),
-``cursor`` (every decision: position, gaps, close codes, backoff; plain Python),
+``cursor`` (every decision: position, gaps, close codes, backoff, the end of a
+replay's range; plain Python), ``replay`` (a replay's speed and range end),
 ``follow`` (the async loop across connections, and history pages), ``blocking``
 (the synchronous face), ``api`` (:class:`Client`).
 """

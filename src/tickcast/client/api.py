@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 from .blocking import BACKEND, iterate_blocking
 from .cursor import Tick
 from .follow import follow, history_pages
+from .replay import Replay, Speed
 from .settings import Endpoint, OnGap, Settings
 
 __all__ = ["Client"]
@@ -123,6 +124,59 @@ class Client:
         _check_start(from_t, from_ts)
         return iterate_blocking(partial(follow, self.settings, from_t, from_ts))
 
+    async def areplay(
+        self,
+        from_t: int | None = None,
+        *,
+        from_ts: float | None = None,
+        to_t: int | None = None,
+        to_ts: float | None = None,
+        speed: Speed = 1.0,
+    ) -> AsyncIterator[Tick]:
+        """The ticks from ``from_t`` (or ``from_ts``) to ``to_t`` (or ``to_ts``), paced.
+
+        ``speed`` is a factor on the pace at which the ticks were produced, read off
+        their ``ts``: ``1.0`` replays them as they came, ``10`` ten times faster,
+        ``0.5`` at half speed (0.1 to 1000); ``"max"`` as fast as you read them. The
+        server paces; gaps of more than 5 s between two ticks' ``ts`` count as 5 s.
+
+        The range is inclusive at both ends: ``to_t`` is the last ``t`` yielded,
+        ``to_ts`` (unix seconds) the last tick whose ``ts <= to_ts``; then the
+        iterator ends. Without either, the replay runs into the live ticks and goes
+        on following them at their own pace, forever, as :meth:`astream` does.
+
+        Like :meth:`astream`, it never misses or repeats a tick, and resumes after a
+        dropped connection or a server restart: at the last ``t`` it yielded + 1,
+        with the same ``speed`` and the same ``to_t``/``to_ts``. A connection lost
+        after the last tick of the range came ends the iterator without a reconnect.
+        Close it early with ``contextlib.aclosing`` (see :meth:`astream`).
+
+        Raises:
+            GapError, NoProgressError, RefusedError, StreamClosedError,
+            BadMessageError: as :meth:`astream`.
+            ValueError: no start (``from_t`` or ``from_ts``), or a bad argument;
+                the message names it.
+        """
+        replay = _replay(from_t, from_ts, to_t, to_ts, speed)
+        async with aclosing(follow(self.settings, from_t, from_ts, replay)) as batches:
+            async for batch in batches:
+                for tick in batch:
+                    yield tick
+
+    def replay(
+        self,
+        from_t: int | None = None,
+        *,
+        from_ts: float | None = None,
+        to_t: int | None = None,
+        to_ts: float | None = None,
+        speed: Speed = 1.0,
+    ) -> Iterator[Tick]:
+        """The blocking twin of :meth:`areplay`: iterate with a plain ``for``, which
+        ends with the range (see :meth:`stream` for the worker thread and Ctrl-C)."""
+        replay = _replay(from_t, from_ts, to_t, to_ts, speed)
+        return iterate_blocking(partial(follow, self.settings, from_t, from_ts, replay))
+
     async def ahistory(
         self, from_t: int | None = None, to_t: int | None = None, *, from_ts: float | None = None
     ) -> list[Tick]:
@@ -216,6 +270,20 @@ class Client:
 def _check_t(name: str, t: int | None) -> None:
     if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 0):
         raise ValueError(f"{name}: must be an integer >= 0, got {t!r}")
+
+
+def _replay(
+    from_t: int | None,
+    from_ts: float | None,
+    to_t: int | None,
+    to_ts: float | None,
+    speed: Speed,
+) -> Replay:
+    """A replay's arguments, checked: a start (by ``t`` or time), an end, a speed."""
+    _check_start(from_t, from_ts)
+    if from_t is None and from_ts is None:
+        raise ValueError("from_t: a replay starts somewhere: give from_t or from_ts")
+    return Replay.checked(speed=speed, to_t=to_t, to_ts=to_ts, from_t=from_t, from_ts=from_ts)
 
 
 def _check_start(from_t: int | None, from_ts: float | None) -> None:

@@ -14,6 +14,9 @@ Invariants (the whole no-gap, no-duplicate promise rests on them):
 * Never loop without progress: answers that move nothing (a 4008 close, an empty
   history page while the server has ticks there) are counted, the count is reset
   by a tick, and the ``MAX_STALLS``-th in a row raises :class:`NoProgressError`.
+* A replay with a range ends once, for good: at the server's ``end`` message, or
+  before a reconnect when ``next_t`` is already past ``to_t`` (the last tick came,
+  the ``end`` was lost with the connection). :meth:`Cursor.finished` says which.
 
 The I/O layer (``follow.py``) asks :meth:`Cursor.query_start` before connecting, feeds
 :meth:`Cursor.hello` and :meth:`Cursor.take`, and on the way out asks
@@ -41,7 +44,7 @@ from ..errors import (
     StreamClosedError,
     TruncatedError,
 )
-from ..wire import CloseCode
+from ..wire import CloseCode, MessageType
 from .settings import OnGap
 
 __all__ = ["MAX_STALLS", "Backoff", "Cursor", "Next", "Tick", "silence_limit_s"]
@@ -116,6 +119,8 @@ class Cursor:
     epoch: str | None = None
     on_gap: OnGap = "raise"
     from_ts: float | None = None  # the start by time, asked while no tick came
+    to_t: int | None = None  # a replay's last t (inclusive), if it has one
+    ended: bool = False  # the server said "end": the replay's range is complete
     stalls: int = 0  # answers in a row that moved nothing (see stalled())
     moved: bool = False  # a tick came since the last 4008
 
@@ -126,6 +131,12 @@ class Cursor:
         if self.from_ts is not None:
             return {"from_ts": repr(self.from_ts)}
         return {}
+
+    def finished(self) -> bool:
+        """Whether a replay's range is complete: nothing to connect for any more."""
+        if self.ended:
+            return True
+        return self.to_t is not None and self.next_t is not None and self.next_t > self.to_t
 
     def stalled(self, detail: str) -> None:
         """An answer that moved nothing (a 4008 with no tick since the last one, an
@@ -194,6 +205,10 @@ class Cursor:
     def take(self, data: bytes | str) -> list[Tick]:
         """The ticks in one server message (none for heartbeats and the like), checked.
 
+        An ``end`` (a replay's range is complete) sets :attr:`ended`; a ``replay``
+        acknowledgement changes nothing (this client sends no control message that
+        would move the stream, so ``t`` still runs on from ``next_t``).
+
         Raises:
             BadMessageError: not a JSON object, or a ``t`` other than ``next_t``.
         """
@@ -206,7 +221,9 @@ class Cursor:
         else:
             if kind == "error":
                 log.warning("the server says: %s", msg.get("detail", msg))
-            return []  # heartbeat, pong, and message types added later
+            elif kind == MessageType.END:
+                self.end(msg.get("t"))
+            return []  # heartbeat, pong, replay, and message types added later
         self.advance(ticks)
         return ticks
 
@@ -225,6 +242,20 @@ class Cursor:
             self.next_t = t + 1
             self.stalls = 0
             self.moved = True
+
+    def end(self, t: object) -> None:
+        """The server ended the replay's range after tick ``t``; a close 1000 follows.
+
+        ``t`` is the last tick the server sent (``from_t - 1`` on a connection that
+        sent none, such as a resume after the range's last tick by time), so it is
+        the last one taken here. A mismatch would be a server bug; it is logged, and
+        the range still ends (every tick taken was checked on the way).
+        """
+        last = None if self.next_t is None else self.next_t - 1
+        if isinstance(t, int) and last is not None and t != last:
+            log.warning("the server ends the range at t=%d, the last tick here is t=%d", t, last)
+        log.info("end of the range (last t=%s)", last)
+        self.ended = True
 
     # -- after a connection ---------------------------------------------------------------
 

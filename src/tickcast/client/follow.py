@@ -2,7 +2,7 @@
 
 ::
 
-    follow()                       one loop per stream() / astream() call
+    follow()                       one loop per stream() / astream() / replay() call
     ├── websocket.connect()        TCP + upgrade           (anyio, wsproto)
     ├── WebSocket.receive()        whole messages
     ├── Cursor                     every decision          (sans-I/O, cursor.py)
@@ -24,7 +24,9 @@ Invariants a caller can rely on:
   or an exception says why they cannot be (gap, truncation, no progress); with
   ``on_gap="continue"`` a gap is logged as a warning instead;
 * nothing is buffered beyond one server message or one page: the next message is
-  read, or the next page requested, only when the consumer asks for more.
+  read, or the next page requested, only when the consumer asks for more;
+* a replay reconnects as a stream does, with its own speed and range end on every
+  connection, and ends (the generator returns) only when its range is complete.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import httpx
 
 from ..wire import PAGE_LIMIT
 from .cursor import Backoff, Cursor, Next, Tick, silence_limit_s
+from .replay import Replay
 from .settings import Settings
 from .websocket import Closed, Rejected, WebSocket, connect
 
@@ -48,12 +51,17 @@ CONNECT_TIMEOUT_S = 10.0  # TCP connect + upgrade + hello
 # Per /incremental request (httpx: connect, read, write and pool each). Generous: a page
 # of PAGE_LIMIT large ticks read from a producer's disk can take seconds.
 HTTP_TIMEOUT_S = 30.0
+END_CLOSE_S = 5.0  # after a replay's "end": at most this long for the server's close
 
 
 async def follow(
-    settings: Settings, from_t: int | None, from_ts: float | None = None
+    settings: Settings,
+    from_t: int | None,
+    from_ts: float | None = None,
+    replay: Replay | None = None,
 ) -> AsyncGenerator[list[Tick], None]:
-    """Yield the stream's ticks, one server message's worth at a time, forever.
+    """Yield the stream's ticks, one server message's worth at a time, forever (or,
+    for a ``replay`` with a range end, until the range is complete).
 
     Starts at ``from_t``, or at the first tick with ``ts >= from_ts`` (neither: the
     latest tick). Reconnects by itself: at once after a 4008 or 4009, after a
@@ -61,6 +69,11 @@ async def follow(
     ``t`` yielded + 1. The backoff starts again from its first step only once a
     tick has been yielded, never on a bare hello. Closing the generator (or
     cancelling the task iterating it) closes the connection.
+
+    With ``replay``, every connection asks for its speed and range end as well, so
+    an interrupted replay goes on at the same speed towards the same end. It
+    returns after the server's ``end`` (and its close 1000), or without
+    reconnecting when the connection broke after the range's last tick came.
 
     Raises:
         GapError: a resume would skip ticks, with ``on_gap="raise"``.
@@ -75,7 +88,8 @@ async def follow(
     Cancellation: inside a receive or a backoff sleep, the connection is closed
     (bounded, shielded) and the cancellation propagates; nothing is retried.
     """
-    cursor = Cursor(next_t=from_t, on_gap=settings.on_gap, from_ts=from_ts)
+    to_t = replay.to_t if replay is not None else None
+    cursor = Cursor(next_t=from_t, on_gap=settings.on_gap, from_ts=from_ts, to_t=to_t)
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
     idle_nows = 0  # reconnects "at once" in a row that yielded nothing
     # One connection per turn of this loop; every way out of a connection ends in
@@ -85,7 +99,8 @@ async def follow(
         yielded = False
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
-                target = settings.endpoint.target("/ws/stream", _stream_query(settings, cursor))
+                query = _stream_query(settings, cursor, replay)
+                target = settings.endpoint.target("/ws/stream", query)
                 ws = await connect(
                     settings.endpoint,
                     target,
@@ -96,10 +111,11 @@ async def follow(
             step = Next.NOW  # unless the connection is followed and ends (below)
             if hello is not None:
                 log.info(
-                    "connected to %s (from_t=%s, latest_t=%s)",
+                    "connected to %s (from_t=%s, latest_t=%s%s)",
                     settings.endpoint.host_header,
                     cursor.next_t,
                     hello.get("latest_t"),
+                    "".join(f", {k}={v}" for k, v in (replay.query() if replay else {}).items()),
                 )
                 # The server promises a heartbeat every heartbeat_s; a connection silent
                 # for longer than the limit derived from it is dead, whatever TCP says.
@@ -113,6 +129,9 @@ async def follow(
                             backoff.reset()
                         yielded = True
                         yield ticks
+                    elif cursor.ended:
+                        await _await_close(ws)
+                        return
         except Closed as exc:
             step = cursor.closed(exc.code, exc.reason)
         except Rejected as exc:
@@ -126,6 +145,8 @@ async def follow(
         finally:
             if ws is not None:
                 await ws.aclose()
+        if cursor.finished():  # the range's last tick came; its "end" was lost
+            return
         idle_nows = 0 if yielded or step is Next.BACK_OFF else idle_nows + 1
         if idle_nows > 1:  # e.g. 4008 after 4008 with no tick between: do not spin
             step = Next.BACK_OFF
@@ -135,12 +156,29 @@ async def follow(
             await anyio.sleep(delay_s)
 
 
-def _stream_query(settings: Settings, cursor: Cursor) -> dict[str, str]:
-    """The ``/ws/stream`` query for the next connection: where to start, fields, batch.
+async def _await_close(ws: WebSocket) -> None:
+    """After a replay's ``end``: let the server close (1000), answering its close frame.
+
+    Bounded by ``END_CLOSE_S``; whatever comes before the close is dropped (nothing
+    is expected). The caller closes the socket either way.
+    """
+    with anyio.move_on_after(END_CLOSE_S):
+        try:
+            while True:
+                await ws.receive()
+        except Closed as exc:
+            log.debug("closed %d (%s) after the end of the range", exc.code, exc.reason)
+
+
+def _stream_query(settings: Settings, cursor: Cursor, replay: Replay | None) -> dict[str, str]:
+    """The ``/ws/stream`` query for the next connection: where to start, fields, a
+    replay's range end and speed, batch.
 
     ``batch`` is left out at its server default (1) to keep URLs in logs short.
     """
     query = settings.query(cursor.query_start())
+    if replay is not None:
+        query.update(replay.query())
     if settings.batch != 1:
         query["batch"] = str(settings.batch)
     return query
