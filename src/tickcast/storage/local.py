@@ -44,6 +44,7 @@ from tickcast.config import Config
 from tickcast.errors import StoreError
 from tickcast.storage.history import HistoryStatistics, read_through
 from tickcast.storage.ring import Ring
+from tickcast.storage.shared_reads import SharedReads
 from tickcast.storage.store import SegmentStore
 from tickcast.storage.timeindex import TimeIndex, ring_lower_bound
 from tickcast.tick import EncodedTick
@@ -85,6 +86,7 @@ class LocalHistory:
         self._fsync = fsync
         self._send, self._receive = trio.open_memory_channel[EncodedTick](WRITE_QUEUE)
         self._readers = trio.CapacityLimiter(READ_THREADS)
+        self._shared = SharedReads(self._read_thread)  # readers of one stretch share reads
         # The last t the store has taken (fsynced too, with fsync=always): published.
         self._written_t = store.latest_t if store.latest_t is not None else -1
         self._written_changed = trio.Event()
@@ -392,11 +394,16 @@ class LocalHistory:
         )
 
     async def _read_files(self, from_t: int, limit: int) -> list[EncodedTick]:
-        """Read from the segment files in a worker thread (at most ``READ_THREADS`` at once).
+        """Read from the segment files in a worker thread (at most ``READ_THREADS`` at once),
+        in aligned chunks shared with other readers of the same stretch (``shared_reads.py``).
 
         Cancellation waits for the thread's read to finish (trio does not abandon a
         worker thread by default); one read is bounded by one page of records.
         """
+        return await self._shared.read(from_t, limit)
+
+    async def _read_thread(self, from_t: int, limit: int) -> list[EncodedTick]:
+        """One read of the segment files in a worker thread (``SharedReads`` calls it)."""
         raws = await trio.to_thread.run_sync(self.store.read, from_t, limit, limiter=self._readers)
         return [EncodedTick.from_stored(raw) for raw in raws]
 
