@@ -410,7 +410,8 @@ def test_a_replay_that_reaches_the_latest_tick_says_it_is_live(
         page = watched(browser, errors)
         page.goto(srv.url("/#t=2500&speed=max"))
         page.wait_for_function("window.__tickcast.mode === 'live'", timeout=20000)
-        assert page.locator("#mode").inner_text() == "live"
+        # (the pill is drawn on the next frame, after the state it shows)
+        page.wait_for_function("document.getElementById('mode').textContent === 'live'")
         page.wait_for_function("location.hash === ''")
         latest = httpx.get(srv.url("/health")).json()["latest_t"]
         page.wait_for_function(f"window.__tickcast.lastT > {latest}", timeout=15000)
