@@ -154,10 +154,11 @@ def pacing(port: int, history: History, args: argparse.Namespace) -> list[dict[s
 
 def pacing_errors(ts: Sequence[float], now: Sequence[float], speed: float) -> dict[str, Any]:
     """p50/p99/max of |actual gap - ts gap / speed| (ms) and the drift over the stretch."""
-    errors, signed = [], 0.0
+    errors, signed, same_read = [], 0.0, 0
     for k in range(1, len(ts)):
         expected = min(ts[k] - ts[k - 1], MAX_GAP_S) / speed
         actual = now[k] - now[k - 1]
+        same_read += actual == 0.0
         errors.append(abs(actual - expected) * 1e3)
         signed += actual - expected
     errors.sort()
@@ -167,6 +168,7 @@ def pacing_errors(ts: Sequence[float], now: Sequence[float], speed: float) -> di
         "p99_ms": percentile(errors, 99),
         "max_ms": errors[-1],
         "drift_ms": signed * 1e3,
+        "same_read": same_read,  # gaps whose two ticks came in one socket read
     }
 
 
@@ -180,7 +182,8 @@ def format_pacing(row: dict[str, Any], n: int) -> str:
     return (
         head + f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
         f"max {row['max_ms']:7.2f} ms  drift {row['drift_ms']:+8.1f} ms over "
-        f"{row['gaps']} gaps  [{ok}; machine {busy(row['machine_cpu'])}]{complete}"
+        f"{row['gaps']} gaps ({row['same_read']} in one read)  "
+        f"[{ok}; machine {busy(row['machine_cpu'])}]{complete}"
     )
 
 
