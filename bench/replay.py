@@ -40,15 +40,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +67,7 @@ from fanout import DRIVER_CPU, SERVER_CPU, ServerSampler, percentile, raise_nofi
 from history_cache import TS_GAP_S, History, cached_history, copy_history  # noqa: E402
 from loadtest.light_client import Client, Stats, open_client  # noqa: E402
 from loadtest.targets import (  # noqa: E402
+    VENV_BIN,
     RunningTarget,
     pin_current_process,
     start_target,
@@ -227,6 +233,47 @@ def measure(target: RunningTarget, phase: list[Stretch], timeout_s: float) -> di
     }
 
 
+@contextlib.contextmanager
+def profiled(pid: int, path: Path | None) -> Iterator[None]:
+    """Record ``pid`` with py-spy (collapsed stacks, every thread) while the block runs."""
+    if path is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [spy, "record", "--pid", str(pid), "--format", "raw", "--nonblocking"]
+    cmd += ["--rate", "250", "--output", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+def profile_summary(path: Path, top: int = 15) -> list[str]:
+    """The functions with the most samples in a py-spy raw file: by self and by total."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        samples += count
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        own[frames[-1]] += count
+        for frame in set(frames):
+            total[frame] += count
+    lines = [f"    {samples} samples in {path}; self:"]
+    lines += [f"      {100 * n / samples:5.1f}%  {f}" for f, n in own.most_common(top)]
+    lines.append("    total (self + callees):")
+    lines += [f"      {100 * n / samples:5.1f}%  {f}" for f, n in total.most_common(top)]
+    return lines
+
+
 def throughput(target: RunningTarget, history: History, args: argparse.Namespace) -> dict[str, Any]:
     replays = stretches(args)
     total = sum(s.ticks for s in replays)
@@ -246,8 +293,12 @@ def throughput(target: RunningTarget, history: History, args: argparse.Namespace
         ),
     ):
         asyncio.run(run_stretches(target.port, warm_phase, timeout_s=60))
-        row = out[name] = measure(target, phase, timeout)
+        profile = args.profile / f"{name.replace(' ', '-')}.txt" if args.profile else None
+        with profiled(target.pid, profile):
+            row = out[name] = measure(target, phase, timeout)
         print(format_throughput(name, row), flush=True)
+        if profile is not None:
+            print("\n".join(profile_summary(profile)), flush=True)
     return out
 
 
@@ -419,6 +470,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pin", action="store_true", help="do not pin server/driver CPUs")
     parser.add_argument("--cache", type=Path, default=None, help="history cache directory")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy the server during each throughput phase (collapsed stacks in DIR, a "
+        "summary printed; the figures of such a run are perturbed by the sampling)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
