@@ -68,7 +68,16 @@ async def test_document_is_valid_asyncapi_3(
         "protocol": "ws",
     }
     query = doc["channels"]["stream"]["bindings"]["ws"]["query"]
-    assert set(query["properties"]) == {"from_t", "from_ts", "fields", "batch", "token"}
+    assert set(query["properties"]) == {
+        "from_t",
+        "from_ts",
+        "to_t",
+        "to_ts",
+        "speed",
+        "fields",
+        "batch",
+        "token",
+    }
     assert query["properties"]["batch"]["maximum"] == 1000
 
 
@@ -83,7 +92,22 @@ def test_the_schema_check_catches_mistakes(asyncapi_3_schema: dict[str, Any]) ->
 def test_every_message_and_close_code_is_described() -> None:
     doc = asyncapi.document("example.org")
     messages = doc["channels"]["stream"]["messages"]
-    assert set(messages) == {"hello", "tick", "batch", "heartbeat", "pong", "error", "ping"}
+    assert set(messages) == {
+        "hello",
+        "tick",
+        "batch",
+        "heartbeat",
+        "end",
+        "pong",
+        "replay",
+        "error",
+        "ping",
+        "pause",
+        "play",
+        "speed",
+        "seek",
+        "live",
+    }
     codes = {c["code"]: c for c in doc["channels"]["stream"]["x-close-codes"]}
     assert set(codes) == {int(code) for code in CloseCode}
     assert codes[4008]["reason"] == "slow consumer; resume with from_t=8261"

@@ -24,6 +24,7 @@ class FakeSub:
         self.allowance = 0
         self.lane: Lane | None = None
         self.live = True
+        self.replaying = False
         self.buffer: list[EncodedTick] = []
         self.fell_behind_calls = 0
         self.evict_calls = 0

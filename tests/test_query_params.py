@@ -91,7 +91,7 @@ async def test_the_stream_upgrade_refuses_an_unknown_parameter(
 ) -> None:
     async with running(make_config(tmp_path), transport) as srv:
         await srv.wait_for_t(0)
-        for query, name in [("from_t=0&to_t=3", "to_t"), ("btach=5", "btach")]:
+        for query, name in [("from_t=0&limit=3", "limit"), ("btach=5", "btach")]:
             with trio.fail_after(10), pytest.raises(Rejected) as info:
                 await RawClient.connect(srv.port, f"/ws/stream?{query}")
             assert info.value.status == 400
@@ -100,7 +100,8 @@ async def test_the_stream_upgrade_refuses_an_unknown_parameter(
             assert body["detail"].startswith(f"{name}: unknown parameter"), body
         with trio.fail_after(10):  # the known ones, token included, still upgrade
             client = await RawClient.connect(
-                srv.port, "/ws/stream?from_t=0&from_ts=0&fields=s&batch=2&token=x"
+                srv.port,
+                "/ws/stream?from_t=0&from_ts=0&to_t=9&to_ts=1e10&speed=max&fields=s&batch=2&token=x",
             )
             client.aclose()
 

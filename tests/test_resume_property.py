@@ -31,6 +31,7 @@ from tickcast.config import Config
 from tickcast.producer import Producer
 from tickcast.protocol import heartbeat_message
 from tickcast.transports.heartbeats import Heartbeats
+from tickcast.transports.pacing import Pacer
 from tickcast.transports.params import StreamParams
 from tickcast.transports.raw import RawSession
 
@@ -160,6 +161,7 @@ async def scenario(
             ws=server_ws,
             wbits=0,
             beats=Heartbeats(config.heartbeat_s, lambda: heartbeat_message(None)),
+            pacer=Pacer(),
             live_backlog=16_384,
             high_water=8192,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import orjson
@@ -199,8 +200,59 @@ def test_start_t_is_the_later_bound(from_t: int | None, seek_t: int | None, star
     assert start_t(from_t, seek_t) == start
 
 
-@pytest.mark.parametrize("name", ["to_t", "limit", "lmit", "Batch", ""])
+@pytest.mark.parametrize("name", ["limit", "lmit", "Batch", "Speed", ""])
 def test_an_unknown_stream_parameter_is_refused(name: str) -> None:
     with pytest.raises(BadParam) as info:
         parse_stream_params({"from_t": "1", name: "3"})
     assert info.value.param == name
+
+
+# -- replay: speed, to_t, to_ts -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("1", 1.0), ("0.1", 0.1), ("1000", 1000.0), ("2.5", 2.5), (".5", 0.5), ("max", math.inf)],
+)
+def test_speed(raw: str, value: float) -> None:
+    assert parse_stream_params({"speed": raw}).speed == value
+
+
+@pytest.mark.parametrize(
+    "raw", ["0", "0.09", "1000.1", "-1", "", "MAX", "inf", "nan", "1e9", " 1", "10x", "0x10"]
+)
+def test_bad_speed(raw: str) -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"speed": raw})
+    assert info.value.param == "speed"
+    assert "0.1..1000" in info.value.detail
+
+
+def test_no_speed_is_none() -> None:
+    assert parse_stream_params({}).speed is None
+
+
+def test_a_range() -> None:
+    params = parse_stream_params({"from_t": "5", "to_t": "5", "to_ts": "1.5", "from_ts": "1"})
+    assert (params.from_t, params.to_t, params.from_ts, params.to_ts) == (5, 5, 1.0, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ({"from_t": "6", "to_t": "5"}, "to_t"),
+        ({"from_ts": "2", "to_ts": "1.5"}, "to_ts"),
+        ({"to_t": "-1"}, "to_t"),
+        ({"to_ts": "x"}, "to_ts"),
+    ],
+)
+def test_an_end_before_the_start_is_refused(query: dict[str, str], name: str) -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params(query)
+    assert info.value.param == name
+
+
+def test_the_order_of_checks_names_the_range_before_the_speed() -> None:
+    with pytest.raises(BadParam) as info:
+        parse_stream_params({"from_t": "6", "to_t": "5", "speed": "0"})
+    assert info.value.param == "to_t"

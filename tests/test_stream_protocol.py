@@ -24,11 +24,13 @@ from tickcast.protocol import (
     too_far_behind,
 )
 from tickcast.tick import EncodedTick
-from tickcast.wire import MAX_CLIENT_MESSAGE, CloseCode
+from tickcast.wire import MAX_CLIENT_MESSAGE, CloseCode, Pause, SetSpeed
 
-G, C, L, IN, CLG, CLD = (
+G, C, P, PA, L, IN, CLG, CLD = (
     State.GREETING,
     State.CATCHING_UP,
+    State.PACED,
+    State.PAUSED,
     State.LIVE,
     State.IN_LANE,
     State.CLOSING,
@@ -38,11 +40,27 @@ G, C, L, IN, CLG, CLD = (
 EXPECTED: dict[tuple[State, Event], State] = {
     (G, Event.GREETED): C,
     (C, Event.CAUGHT_UP): L,
+    (P, Event.CAUGHT_UP): L,
     (L, Event.FELL_BEHIND): C,
     (L, Event.JOINED_LANE): IN,
     (IN, Event.LEFT_LANE): L,
+    # control messages, from every state a settled stream can be in (not in a lane)
+    (C, Event.PACE): P,
+    (P, Event.PACE): P,
+    (PA, Event.PACE): P,
+    (L, Event.PACE): P,
+    (C, Event.UNPACE): C,
+    (P, Event.UNPACE): C,
+    (PA, Event.UNPACE): C,
+    (L, Event.UNPACE): C,
+    (C, Event.PAUSE): PA,
+    (P, Event.PAUSE): PA,
+    (PA, Event.PAUSE): PA,
+    (L, Event.PAUSE): PA,
     (G, Event.ENDED): CLG,
     (C, Event.ENDED): CLG,
+    (P, Event.ENDED): CLG,
+    (PA, Event.ENDED): CLG,
     (L, Event.ENDED): CLG,
     (IN, Event.ENDED): CLG,
     (CLG, Event.ENDED): CLG,
@@ -79,6 +97,10 @@ def reach(state: State) -> StreamProtocol:
     p.greeted()
     if state is C:
         return p
+    if state in (P, PA):
+        control = SetSpeed(speed=10) if state is P else Pause()
+        p.apply(control, seek_t=None, oldest_t=0, latest_t=9, next_published_t=10)
+        return p
     assert p.catch_up_from(4) is None  # past the latest tick: live
     if state is L:
         return p
@@ -94,10 +116,15 @@ def reach(state: State) -> StreamProtocol:
 
 STEPS: dict[Event, Callable[[StreamProtocol], object]] = {
     Event.GREETED: lambda p: p.greeted(),
-    Event.CAUGHT_UP: lambda p: p.catch_up_from(None),
+    Event.CAUGHT_UP: lambda p: p.catch_up_from(None),  # (P: a stream with no range)
     Event.FELL_BEHIND: lambda p: p._move(Event.FELL_BEHIND),
     Event.JOINED_LANE: lambda p: setattr(p, "lane", LANE),
     Event.LEFT_LANE: lambda p: p._move(Event.LEFT_LANE),
+    Event.PACE: lambda p: p._move(Event.PACE),
+    Event.UNPACE: lambda p: p._move(Event.UNPACE),
+    Event.PAUSE: lambda p: p.apply(
+        Pause(), seek_t=None, oldest_t=0, latest_t=9, next_published_t=10
+    ),
     Event.ENDED: lambda p: p.finish(End.EPOCH_CHANGED),
     Event.CLOSED: lambda p: p.closed(),
 }
@@ -125,7 +152,8 @@ def test_live_and_open_follow_the_state() -> None:
     for state in State:
         p = reach(state)
         assert p.live == (state in (L, IN))
-        assert p.is_open == (state in (G, C, L, IN))
+        assert p.is_open == (state in (G, C, P, PA, L, IN))
+        assert p.replaying == (state in (P, PA))
 
 
 def test_leaving_a_lane_and_falling_behind_through_the_hub_facing_methods() -> None:

@@ -28,16 +28,27 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 __all__ = [
+    "GAP_CAP_S",
     "MAX_BATCH",
     "MAX_CLIENT_MESSAGE",
+    "MAX_SPEED",
+    "MIN_SPEED",
     "PAGE_LIMIT",
     "CloseCode",
+    "End",
     "Error",
     "Heartbeat",
     "Hello",
+    "Live",
     "MessageType",
+    "Pause",
     "Ping",
+    "Play",
     "Pong",
+    "Replay",
+    "ReplayState",
+    "Seek",
+    "SetSpeed",
     "read_head",
 ]
 
@@ -52,6 +63,13 @@ MAX_CLIENT_MESSAGE = 64 * 1024
 MAX_BATCH = 1000
 """Ticks in one ``batch`` message at most: ``?batch=`` is ``1..MAX_BATCH``."""
 
+MIN_SPEED = 0.1
+MAX_SPEED = 1000.0
+"""A replay's ``speed`` is ``MIN_SPEED..MAX_SPEED`` times real time, or ``"max"``."""
+
+GAP_CAP_S = 5.0
+"""A paced replay shortens a ``ts`` gap longer than this to this (then divides by speed)."""
+
 
 class MessageType(enum.StrEnum):
     """The ``type`` of every JSON message on ``/ws/stream``."""
@@ -63,8 +81,15 @@ class MessageType(enum.StrEnum):
     HEARTBEAT = "heartbeat"  # every heartbeat_s seconds
     PONG = "pong"  # the answer to a ping
     ERROR = "error"  # the answer to a message the server cannot follow
+    REPLAY = "replay"  # the answer to a control message: where the stream is now
+    END = "end"  # the last tick of the asked range has been sent (then close 1000)
     # client -> server
-    PING = "ping"  # the only client message
+    PING = "ping"
+    PAUSE = "pause"  # control messages: each answered by a "replay" message
+    PLAY = "play"
+    SPEED = "speed"
+    SEEK = "seek"
+    LIVE = "live"
 
 
 class CloseCode(enum.IntEnum):
@@ -75,7 +100,7 @@ class CloseCode(enum.IntEnum):
     and 1011: the same request would end the same way.
     """
 
-    NORMAL = 1000  # a client's normal close, which the server echoes
+    NORMAL = 1000  # the end of an asked range (after "end"); a client's close, echoed
     GOING_AWAY = 1001  # the server is shutting down
     PROTOCOL_ERROR = 1002  # the client broke RFC 6455 framing
     INVALID_DATA = 1007  # a text message that is not UTF-8
@@ -130,9 +155,70 @@ class Error(msgspec.Struct, tag=MessageType.ERROR.value, tag_field="type"):
 
 
 class Ping(msgspec.Struct, tag=MessageType.PING.value, tag_field="type"):
-    """The only client message; `id` (any JSON value) is echoed in the `pong`."""
+    """Asks for a `pong`; `id` (any JSON value) is echoed in it."""
 
     id: Any | UnsetType = UNSET
+
+
+# -- replay ------------------------------------------------------------------------------
+
+Speed = Annotated[float, Meta(ge=MIN_SPEED, le=MAX_SPEED)] | Literal["max"]
+ReplayState = Literal["playing", "paused", "live"]
+
+
+class Replay(msgspec.Struct, tag=MessageType.REPLAY.value, tag_field="type"):
+    """The answer to a control message, sent before any tick that follows from it.
+
+    Between two `replay` messages the ticks are strictly consecutive.
+    """
+
+    state: Annotated[
+        ReplayState,
+        Meta(description="`playing` (history, paced or not), `paused`, or `live`"),
+    ]
+    t: Annotated[int, Meta(ge=0, description="the next tick the stream will send")]
+    speed: Annotated[
+        Speed | None,
+        Meta(description="the pace of history; null when live or when no speed was set"),
+    ]
+    clamped: (
+        Annotated[
+            Literal[True],
+            Meta(description="present only when a seek's t was outside the retained range"),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class End(msgspec.Struct, tag=MessageType.END.value, tag_field="type"):
+    """The asked range (`to_t` / `to_ts`) has been sent; the server closes with 1000."""
+
+    t: Annotated[int, Meta(ge=-1, description="the last tick sent (from_t - 1 if none)")]
+
+
+class Pause(msgspec.Struct, tag=MessageType.PAUSE.value, tag_field="type"):
+    """Stop sending ticks (heartbeats go on); the position is kept."""
+
+
+class Play(msgspec.Struct, tag=MessageType.PLAY.value, tag_field="type"):
+    """Go on from the position, at the stream's speed (as fast as it reads without one)."""
+
+
+class SetSpeed(msgspec.Struct, tag=MessageType.SPEED.value, tag_field="type"):
+    """Pace history at `speed` times real time from now on (`max`: as fast as it reads)."""
+
+    speed: Speed
+
+
+class Seek(msgspec.Struct, tag=MessageType.SEEK.value, tag_field="type"):
+    """Go to tick `t`, or to the first tick with `ts >= ts` (exactly one of the two)."""
+
+    t: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+    ts: Annotated[float, Meta(ge=0)] | UnsetType = UNSET
+
+
+class Live(msgspec.Struct, tag=MessageType.LIVE.value, tag_field="type"):
+    """Send the latest tick next, then every new tick."""
 
 
 # -- the head of a tick ---------------------------------------------------------------------

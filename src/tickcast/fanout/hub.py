@@ -13,7 +13,9 @@ Invariants (the slow-consumer policy, see docs/protocol.md):
   connection closes with 4008 and the reason names the ``from_t`` to resume with. The
   allowance is 0 for a client that has been live; a client replaying from an old
   ``from_t`` gets the smallest lag it has had so far, so a resume is never refused for
-  being far back, only for falling further behind.
+  being far back, only for falling further behind. A *replaying* subscriber (a
+  paced or paused replay, docs/protocol.md "Replay") is not a slow consumer: the rule
+  skips it, as it skips live ones.
 * Ticks older than a subscriber's ``next_t`` are skipped, so a client that asked
   for a future ``from_t`` starts exactly there.
 * **Lanes** are the fast path. A live subscriber whose transport can take a tick the
@@ -65,6 +67,8 @@ class Subscriber(Protocol):
         next_t: the next ``t`` this client has not yet been given (while in a lane,
             ``lane.t + 1``; written back when it leaves).
         live: True while the hub delivers ticks to it directly.
+        replaying: True while it replays history at a pace, or is paused: the lag
+            rule does not apply to it.
         allowance: extra lag tolerated while replaying (see the module invariants).
         lane: the lane it is a member of, if any (only the hub sets it).
     """
@@ -75,6 +79,9 @@ class Subscriber(Protocol):
 
     @property
     def live(self) -> bool: ...
+
+    @property
+    def replaying(self) -> bool: ...
 
     def deliver(self, tick: EncodedTick) -> bool:
         """Take ``tick`` (``tick.t == next_t``) without blocking; False when full."""
@@ -264,7 +271,7 @@ class Hub:
                     continue
                 self._fell_behind += 1
                 sub.fell_behind()
-            elif too_far_behind(t, sub.next_t, limit, sub.allowance):
+            elif not sub.replaying and too_far_behind(t, sub.next_t, limit, sub.allowance):
                 self._slow_closes += 1
                 self.discard(sub)
                 sub.evict()

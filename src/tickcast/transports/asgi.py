@@ -37,11 +37,12 @@ from collections.abc import Sequence
 import trio
 from quart import websocket
 
-from tickcast.protocol import End
+from tickcast.protocol import End, State
 from tickcast.service import Service
 from tickcast.tick import EncodedTick
 from tickcast.transports import stream
 from tickcast.transports.heartbeats import Beat, Heartbeats
+from tickcast.transports.pacing import Pacer
 from tickcast.transports.params import StreamParams
 from tickcast.wire import CloseCode
 
@@ -64,7 +65,7 @@ class AsgiSession(stream.HeldProtocol):
     """
 
     def __init__(
-        self, service: Service, params: StreamParams, *, ip: str, beats: Heartbeats
+        self, service: Service, params: StreamParams, *, ip: str, beats: Heartbeats, pacer: Pacer
     ) -> None:
         """A session for one accepted websocket (the route builds it after ``admit``).
 
@@ -73,11 +74,13 @@ class AsgiSession(stream.HeldProtocol):
             params: the admitted query.
             ip: the address whose connection slot this session holds.
             beats: the app's shared heartbeat timer.
+            pacer: the app's shared timer of paced replays.
         """
-        super().__init__(service, params, ip=ip)
+        super().__init__(service, params, ip=ip, pacer=pacer)
         # ticks, and heartbeat payloads (bytes) queued behind them
         self._send, self._receive = trio.open_memory_channel[EncodedTick | bytes](ASGI_QUEUE)
         self._beats = beats
+        self._aside: bytes | None = None  # a heartbeat for a stream that is not live
 
     # -- sending ------------------------------------------------------------------------
 
@@ -95,8 +98,27 @@ class AsgiSession(stream.HeldProtocol):
         """Send ``ticks`` as the protocol groups them; ``sent_t`` moves after each send."""
         protocol = self.protocol
         for group in protocol.messages(ticks):
+            if protocol.controls:  # stop between two messages: a control is next
+                return
             await self.send_message(protocol.payload(group))
             protocol.sent_t = group[-1].t
+
+    def settle(self) -> None:
+        """Drop what the channel holds (taken from the hub, never sent): the client is
+        at ``sent_t + 1``."""
+        while True:
+            try:
+                self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+        protocol = self.protocol
+        protocol.next_t = protocol.sent_t + 1
+
+    async def send_aside(self) -> None:
+        """Send the heartbeat that came while the stream was paused or paced, if any."""
+        beat, self._aside = self._aside, None
+        if beat is not None:
+            await self.send_message(beat)
 
     def deliver(self, tick: EncodedTick) -> bool:
         """The hub's: queue ``tick`` in the channel; False when it is full (fell behind).
@@ -124,27 +146,41 @@ class AsgiSession(stream.HeldProtocol):
 
         The message, not a frame: Hypercorn frames and compresses each send itself.
         """
-        if not self.protocol.is_open:
+        protocol = self.protocol
+        if not protocol.is_open:
             return False
-        if self.protocol.live:
+        if protocol.live:
             # a full queue is full of ticks: not a silent connection
             with contextlib.suppress(trio.WouldBlock):
                 self._send.send_nowait(beat.payload)
+        elif protocol.state is not State.CATCHING_UP or protocol.ranged:
+            # paused, paced, or waiting for its range's next tick: a wait that may be
+            # long; the task sends the beat when poked (catching up: ticks are on
+            # their way)
+            self._aside = beat.payload
+            self.poke()
         return True
 
     async def live_phase(self) -> None:
         """Drain the channel into sends, up to ``batch`` waiting ticks per message.
 
         Returns once the channel is empty and the stream is no longer live (it fell
-        behind: the rest comes from history).
+        behind: the rest comes from history), or at once when a control message
+        waits (``settle`` then drops what the channel holds).
         """
+        protocol = self.protocol
         while True:
+            if protocol.controls:
+                return
             try:
                 first = self._receive.receive_nowait()
             except trio.WouldBlock:
-                if not self.protocol.live:
+                if not protocol.live:
                     return
-                first = await self._receive.receive()
+                got = await self.until_poked(self._receive.receive)
+                if got is None:
+                    continue
+                first = got
             if isinstance(first, bytes):  # a heartbeat that found no tick ahead of it
                 await self.send_message(first)
                 continue
@@ -184,7 +220,11 @@ class AsgiSession(stream.HeldProtocol):
             if data is None:  # Quart passes an empty binary message on as None
                 data = b""
             protocol.check_size(len(data.encode()) if isinstance(data, str) else len(data))
-            await self.send_message(protocol.reply(data))
+            reply = protocol.reply(data)
+            if reply is None:  # a control message: the stream's task applies it
+                self.poke()
+            else:
+                await self.send_message(reply)
 
     # -- closing ----------------------------------------------------------------------
 

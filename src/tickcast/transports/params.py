@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from tickcast.tick import Fields, parse_fields
-from tickcast.wire import MAX_BATCH
+from tickcast.wire import MAX_BATCH, MAX_SPEED, MIN_SPEED
 
 __all__ = [
     "MAX_BATCH",
@@ -38,13 +38,16 @@ __all__ = [
     "parse_page_params",
     "parse_stream_params",
     "reject_unknown",
+    "speed_param",
     "start_params",
     "start_t",
     "ts_param",
 ]
 
 # The query parameters /ws/stream takes (``token``: the read token, for browsers).
-STREAM_PARAMS = frozenset({"from_t", "from_ts", "fields", "batch", "token"})
+STREAM_PARAMS = frozenset(
+    {"from_t", "from_ts", "to_t", "to_ts", "speed", "fields", "batch", "token"}
+)
 # The query parameters /incremental takes.
 PAGE_PARAMS = frozenset({"from_t", "from_ts", "to_t", "to_ts", "limit", "fields", "token"})
 
@@ -66,16 +69,22 @@ class BadParam(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StreamParams:
-    """``/ws/stream``'s query, validated: where to start, which keys, how many per message.
+    """``/ws/stream``'s query, validated: where to start and end, the pace, which keys,
+    how many per message.
 
     Neither ``from_t`` nor ``from_ts``: the stream starts with the latest tick.
-    ``batch`` is at least 1 (1: every tick its own message).
+    ``batch`` is at least 1 (1: every tick its own message). ``speed`` is None (no
+    pacing: history as fast as the client reads, under the lag rule), a factor of real
+    time, or ``math.inf`` for ``max``.
     """
 
     from_t: int | None = None
     from_ts: float | None = None  # unix seconds; with from_t too, both bounds apply
     fields: Fields = None
     batch: int = 1
+    to_t: int | None = None  # the last tick of the range, inclusive
+    to_ts: float | None = None  # the range ends before the first tick with ts > to_ts
+    speed: float | None = None
 
 
 def reject_unknown(query: Iterable[str], known: Collection[str]) -> None:
@@ -178,18 +187,53 @@ def fields_param(query: Mapping[str, str]) -> Fields:
         raise BadParam("fields", str(exc)) from None
 
 
+def speed_param(query: Mapping[str, str]) -> float | None:
+    """The ``speed`` query parameter: None when absent, ``math.inf`` for ``max``.
+
+    Raises:
+        BadParam: not ``max`` nor a plain decimal in ``MIN_SPEED..MAX_SPEED``.
+    """
+    raw = query.get("speed")
+    if raw is None:
+        return None
+    if raw == "max":
+        return math.inf
+    value = float(raw) if _DECIMAL.match(raw) else math.nan
+    if not MIN_SPEED <= value <= MAX_SPEED:  # nan fails too
+        raise BadParam(
+            "speed", f"must be max or a number in {MIN_SPEED:g}..{MAX_SPEED:g}, got {raw!r}"
+        )
+    return value
+
+
 def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
     """Validate ``/ws/stream``'s query: no unknown parameter, then ``from_t`` /
-    ``from_ts``, ``batch`` and ``fields``, in that order.
+    ``from_ts``, ``to_t`` / ``to_ts``, ``speed``, ``batch`` and ``fields``, in that order.
+
+    Unlike a page, a stream whose end is before its start is refused: it could
+    only close at once.
 
     Raises:
         BadParam: naming the first unknown or invalid parameter.
     """
     reject_unknown(query, STREAM_PARAMS)
     from_t, from_ts = start_params(query)
+    to_t = int_param(query, "to_t", 0, None)
+    if to_t is not None and from_t is not None and to_t < from_t:
+        raise BadParam("to_t", f"must be >= from_t ({from_t}), got {to_t}")
+    to_ts = ts_param(query, "to_ts")
+    if to_ts is not None and from_ts is not None and to_ts < from_ts:
+        raise BadParam("to_ts", f"must be >= from_ts ({query['from_ts']}), got {query['to_ts']}")
+    speed = speed_param(query)
     batch = int_param(query, "batch", 1, MAX_BATCH)
     return StreamParams(
-        from_t=from_t, from_ts=from_ts, fields=fields_param(query), batch=batch or 1
+        from_t=from_t,
+        from_ts=from_ts,
+        fields=fields_param(query),
+        batch=batch or 1,
+        to_t=to_t,
+        to_ts=to_ts,
+        speed=speed,
     )
 
 

@@ -63,6 +63,7 @@ from tickcast.tick import EncodedTick, Fields
 from tickcast.transports import stream
 from tickcast.transports.frames import close_frame, message_frame, tick_frame
 from tickcast.transports.heartbeats import Beat, Heartbeats
+from tickcast.transports.pacing import Pacer
 from tickcast.transports.params import StreamParams
 from tickcast.transports.stream import PeerGone
 from tickcast.wire import CloseCode
@@ -197,6 +198,7 @@ class RawSession(stream.HeldProtocol):
         ws: WSConnection,
         wbits: int,
         beats: Heartbeats,
+        pacer: Pacer,
         # Backpressure
         live_backlog: int = LIVE_BACKLOG,
         high_water: int = CATCH_UP_HIGH_WATER,
@@ -212,11 +214,12 @@ class RawSession(stream.HeldProtocol):
                 frames and serialises pongs and close replies.
             wbits: the negotiated deflate window, 0 without compression.
             beats: the shared heartbeat timer (one for every session).
+            pacer: the shared timer of paced replays (one for every session).
             live_backlog: outbox bytes a live client may have pending before a tick
                 is refused (tests lower it to force the fallback).
             high_water: outbox bytes above which a catch-up or a reply waits.
         """
-        super().__init__(service, params, ip=ip)
+        super().__init__(service, params, ip=ip, pacer=pacer)
         self._live_backlog = live_backlog
         self._high_water = high_water
         self.sock = sock
@@ -382,10 +385,13 @@ class RawSession(stream.HeldProtocol):
 
         ``sent_t`` moves when the frame enters the outbox: everything in the outbox
         reaches the client before any close frame, so a 4008 reason is exact even
-        when the eviction lands while this waits.
+        when the eviction lands while this waits. Stops between two messages once a
+        control message waits.
         """
         protocol, fields, wbits = self.protocol, self.params.fields, self.wbits
         for group in protocol.messages(ticks):
+            if protocol.controls:
+                return
             if len(group) == 1:
                 self._write(tick_frame(group[0], fields, wbits))
                 self.count(len(group[0].view(fields)))
@@ -395,6 +401,16 @@ class RawSession(stream.HeldProtocol):
                 self.count(len(payload))
             protocol.sent_t = group[-1].t
             await self._flush(self._high_water)
+
+    def settle(self) -> None:
+        """Leave the lane (its position written back): what is queued counts as sent."""
+        if self.lane is not None:
+            self.service.hub.leave(self)
+        protocol = self.protocol
+        protocol.next_t = protocol.sent_t + 1
+
+    async def send_aside(self) -> None:
+        """Nothing: a heartbeat is queued in the outbox when it is due."""
 
     # -- heartbeats (one timer for every session: heartbeats.py) -----------------------
 
@@ -440,25 +456,27 @@ class RawSession(stream.HeldProtocol):
     async def live_phase(self) -> None:
         """Flush the outbox while the hub delivers; rejoin the lane whenever it is empty.
 
-        Returns when the stream fell behind (the protocol is no longer live).
-        Cancellation (the stream ending from outside: 4008, 4009, shutdown) is
+        Returns when the stream fell behind (the protocol is no longer live), or a
+        control message waits (the stream still in its lane: ``settle`` takes it
+        out). Cancellation (the stream ending from outside: 4008, 4009, shutdown) is
         taken at either wait; the session stays in whatever lane it is in until
         :func:`stream.release` takes it out of the hub.
 
         Raises:
             PeerGone: the socket broke.
         """
+        protocol = self.protocol
         while True:
             if self._out:
                 await self._flush()
                 continue
             if self._broken is not None:
                 raise PeerGone(str(self._broken))
-            if not self.protocol.live:
+            if not protocol.live or protocol.controls:
                 return
             if self.lane is None:
                 self._join_lane()
-            await self._wake.wait()
+            await self.until_poked(self._wake.wait)
             self._wake = trio.Event()
 
     # -- reading ----------------------------------------------------------------------
@@ -532,10 +550,15 @@ class RawSession(stream.HeldProtocol):
     def _answer(self, message: bytes) -> None:
         """Write the protocol's reply to one whole client message.
 
-        The protocol decides the reply (a pong, or an error for anything else); this
-        only frames it. Never blocks: the caller has checked there is room.
+        The protocol decides the reply (a pong, or an error); this only frames it. A
+        control message has no reply here: it is queued in the protocol, and the
+        stream's task, poked, applies it and sends its acknowledgement. Never blocks:
+        the caller has checked there is room.
         """
         reply = self.protocol.reply(message)
+        if reply is None:  # a control message: the stream's task applies it
+            self.poke()
+            return
         self._write(message_frame(reply, self.wbits))
         self.count(len(reply))
 

@@ -7,10 +7,14 @@ the protocol's states, awaiting the session's I/O where the protocol says to:
 * :func:`serve` runs the stream (:func:`run`) and the session's reader side by
   side; whichever ends first ends the other; then it closes the connection with
   what the protocol's :class:`~tickcast.protocol.End` says.
-* :func:`run` sends the hello and the start, then alternates **catch-up**
-  (history from ``next_t``, ``batch`` ticks per message, awaiting the transport
-  after each, so a slow client slows only its own reads) and **live** (the hub
-  delivers; the session's ``live_phase`` returns when it fell behind).
+* :func:`run` sends the hello and the start, then goes where the protocol's state
+  says: **play** (history from ``next_t``: as fast as the client reads while
+  catching up, ``batch`` ticks per message, awaiting the transport after each, so a
+  slow client slows only its own reads; at the pace of the ticks' ``ts`` while
+  PACED), **live** (the hub delivers; the session's ``live_phase`` returns when it
+  fell behind or a control message came), **paused** (nothing but heartbeats), and
+  **controls** (:func:`apply_controls`: the client's pause, play, speed, seek and
+  live, each acknowledged before any tick that follows from it).
 * :func:`terminate` ends a stream from outside its task (the hub's 4008 and
   4009); :func:`release` gives the connection slot back.
 
@@ -25,28 +29,50 @@ Invariants:
 * A stream is in the hub from before its first await to its end, so the lag rule
   covers the hello and the replay too.
 * Both transports ask "has it ended?" one way: ``session.protocol.is_open``.
+* Only the stream's own task sends ticks and acknowledgements (the hub sends live
+  ticks to a LIVE stream, and a control message leaves LIVE in the same step as it
+  is applied), so "between two ``replay`` messages the ticks are consecutive" holds
+  by construction: a control is applied only once the stream is *settled* (nothing
+  taken and not yet sent), and its acknowledgement is sent before anything else.
+* A session's task waits for the next due tick, a published tick, or a paused
+  stream's next control in one way: :meth:`HeldProtocol.until_poked`, which a
+  control message (the reader) and the pacer's timer (``pacing.py``) interrupt.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, cast
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 import trio
 
 from tickcast import __version__
 from tickcast.errors import CorruptRecordError
 from tickcast.fanout.hub import Lane, Subscriber
-from tickcast.protocol import End, StreamEnded, StreamProtocol
+from tickcast.protocol import End, State, StreamEnded, StreamProtocol
 from tickcast.tick import EncodedTick
+from tickcast.transports.pacing import Pacer
 from tickcast.transports.params import StreamParams, start_t
-from tickcast.wire import CloseCode
+from tickcast.wire import CloseCode, Seek
 
 if TYPE_CHECKING:
     from tickcast.service import Service
 
-__all__ = ["HeldProtocol", "PeerGone", "Session", "release", "run", "serve", "terminate"]
+__all__ = [
+    "HeldProtocol",
+    "PeerGone",
+    "Session",
+    "apply_controls",
+    "play",
+    "release",
+    "run",
+    "serve",
+    "terminate",
+]
+
+T = TypeVar("T")
 
 log = logging.getLogger("tickcast.ws")
 
@@ -67,13 +93,36 @@ class Session(Subscriber, Protocol):
     ip: str  # the address whose connection slot the session holds while open
     scope: trio.CancelScope  # cancelled to end the stream from outside
     closed: trio.Event  # set once the protocol is CLOSED
+    pacer: Pacer  # the shared timer of paced replays
+
+    def poke(self) -> None:
+        """Interrupt the task's wait (see :meth:`HeldProtocol.poke`)."""
+        ...
 
     async def send_message(self, payload: bytes) -> None:
         """Send one JSON message; may wait on backpressure."""
         ...
 
     async def send_ticks(self, ticks: Sequence[EncodedTick]) -> None:
-        """Send ``ticks`` as the protocol groups them, moving ``protocol.sent_t``."""
+        """Send ``ticks`` as the protocol groups them, moving ``protocol.sent_t``.
+
+        Stops early, between two messages, once a control message waits.
+        """
+        ...
+
+    def settle(self) -> None:
+        """Leave any lane and forget what was taken but not sent (a control follows).
+
+        After it ``protocol.next_t == protocol.sent_t + 1``: where the client is.
+        """
+        ...
+
+    async def send_aside(self) -> None:
+        """Send what a wait was interrupted for, if anything (a heartbeat)."""
+        ...
+
+    async def until_poked(self, wait: Callable[..., Awaitable[T]], *args: object) -> T | None:
+        """``await wait(*args)``, or None as soon as the session is poked."""
         ...
 
     def greeted(self) -> None:
@@ -81,7 +130,7 @@ class Session(Subscriber, Protocol):
         ...
 
     async def live_phase(self) -> None:
-        """Run while live; return when the stream fell behind (to catch up)."""
+        """Run while live; return when the stream fell behind or a control waits."""
         ...
 
     async def read_messages(self) -> None:
@@ -211,30 +260,111 @@ async def run(session: Session) -> None:
         if first is not None:
             await session.send_ticks([first])
         while True:
-            await catch_up(session)
-            await session.live_phase()
+            if protocol.controls:
+                await apply_controls(session)
+            elif protocol.live:
+                await session.live_phase()
+            elif protocol.state is State.PAUSED:
+                await session.until_poked(trio.sleep_forever)
+                await session.send_aside()
+            else:
+                await play(session)
     finally:
         hub.discard(session)
 
 
-async def catch_up(session: Session) -> None:
-    """Send history from ``next_t`` until it reaches the live edge, then go live.
+async def apply_controls(session: Session) -> None:
+    """Apply the waiting control messages in order, each followed by its acknowledgement.
+
+    Each is applied on a settled stream, in one step with no await (so the hub cannot
+    hand it a tick in between), and its ``replay`` message is sent before the stream
+    sends anything else. A seek by time is resolved first (the one await before).
 
     Raises:
-        StreamEnded: lag past ``max_lag``, or retention took ticks still needed (4008).
+        CorruptRecordError: the seek by time probed a corrupt record (1011).
     """
-    history, protocol = session.service.history, session.protocol
+    protocol, history = session.protocol, session.service.history
+    controls = protocol.controls
+    while controls:
+        control = controls[0]
+        seek_t: int | None = None
+        if isinstance(control, Seek):
+            if isinstance(control.t, int):
+                seek_t = control.t
+            else:
+                assert isinstance(control.ts, float | int)  # the protocol checked: one of two
+                seek_t = await history.find_ts(control.ts)
+        controls.popleft()
+        session.settle()
+        ack = protocol.apply(
+            control,
+            seek_t=seek_t,
+            oldest_t=history.oldest_t,
+            latest_t=history.latest_t,
+            next_published_t=history.next_published_t,
+        )
+        await session.send_message(ack)
+
+
+async def play(session: Session) -> None:
+    """Send history from ``next_t``: paced while PACED, else as fast as the client reads.
+
+    Returns when the stream went live, or a control message waits. A stream with a
+    range end waits past the latest tick for the next one, and after the last tick
+    of its range sends ``end`` and ends (close 1000).
+
+    Raises:
+        StreamEnded: the range is complete (1000); lag past ``max_lag`` while catching
+            up, or retention took ticks still needed (4008).
+    """
+    service, protocol = session.service, session.protocol
+    history = service.history
     try:
-        while True:
+        while not protocol.controls:
+            if protocol.range_done:
+                await session.send_message(protocol.end_message())
+                raise protocol.ended_range()
             start = protocol.catch_up_from(history.latest_t)
             if start is None:
-                return
-            ticks = await history.read(start, protocol.read_size())
-            protocol.caught(ticks)
-            await session.send_ticks(ticks)
-    except StreamEnded:  # a 4008 decided here, counted with the hub's
-        session.service.hub.count_slow_close()
+                if protocol.live:
+                    return
+                await session.until_poked(history.wait_published, protocol.next_t)
+                await session.send_aside()
+                continue
+            read = await history.read(start, protocol.read_size(), upto=protocol.to_t)
+            if protocol.controls:
+                return  # read, not taken: next_t has not moved
+            ticks = protocol.caught(read)
+            speed = protocol.speed
+            if protocol.state is State.PACED and speed is not None and not math.isinf(speed):
+                await _paced(session, ticks)
+            else:
+                await session.send_ticks(ticks)
+    except StreamEnded as exc:
+        if exc.end is End.SLOW_CONSUMER:  # a 4008 decided here, counted with the hub's
+            service.hub.count_slow_close()
         raise
+
+
+async def _paced(session: Session, ticks: Sequence[EncodedTick]) -> None:
+    """Send ``ticks`` each when due (the protocol's pace), sharing the pacer's one timer.
+
+    Returns early when a control message waits (the stream is settled before it is
+    applied, so the ticks not sent are read again from ``next_t``).
+    """
+    protocol, pacer = session.protocol, session.pacer
+    i = 0
+    while i < len(ticks):
+        if protocol.controls:
+            return
+        n, due = protocol.due_now(ticks[i:], trio.current_time())
+        if n == 0:
+            pacer.wake_at(due, session)
+            await session.until_poked(trio.sleep_forever)
+            await session.send_aside()
+            continue
+        await session.send_ticks(ticks[i : i + n])
+        i += n
 
 
 class HeldProtocol:
@@ -249,27 +379,62 @@ class HeldProtocol:
     nothing else.
     """
 
-    def __init__(self, service: Service, params: StreamParams, *, ip: str) -> None:
+    def __init__(self, service: Service, params: StreamParams, *, ip: str, pacer: Pacer) -> None:
         """The session's protocol, from the admitted query, and its ending machinery.
 
         Args:
             service: the running service (hub, history, counters, settings).
             params: the admitted query.
             ip: the address whose connection slot this session holds while open.
+            pacer: the shared timer of paced replays (``pacing.py``).
         """
         self.service = service
         self.params = params
         self.ip = ip
+        self.pacer = pacer
         self.protocol = StreamProtocol(
             from_t=params.from_t,
             from_ts=params.from_ts,
             fields=params.fields,
             batch=params.batch,
             lag_limit=service.config.lag_limit,
+            to_t=params.to_t,
+            to_ts=params.to_ts,
+            speed=params.speed,
         )
         self.scope = trio.CancelScope()  # cancelled to end the stream from outside
         self.closed = trio.Event()  # set once the protocol is CLOSED
         self._traffic = service.traffic
+        self._poked = False  # poked while not waiting: the next wait returns at once
+        self._waiting: trio.CancelScope | None = None  # the wait a poke interrupts
+
+    def poke(self) -> None:
+        """Interrupt the task's wait (a control message came, or a paced tick is due).
+
+        Never blocks. A poke while the task is not waiting makes its next
+        :meth:`until_poked` return at once, so no poke is lost.
+        """
+        if self._waiting is not None:
+            self._waiting.cancel()
+        else:
+            self._poked = True
+
+    async def until_poked(self, wait: Callable[..., Awaitable[T]], *args: object) -> T | None:
+        """``await wait(*args)``, or None as soon as :meth:`poke` is called.
+
+        ``wait`` must be safe to cancel (trio's waits are). Returns at once, with
+        None, when poked since the last wait.
+        """
+        if self._poked:
+            self._poked = False
+            return None
+        scope = self._waiting = trio.CancelScope()
+        try:
+            with scope:
+                return await wait(*args)
+        finally:
+            self._waiting = None
+        return None  # the poke cancelled the wait
 
     @property
     def next_t(self) -> int:
@@ -298,6 +463,11 @@ class HeldProtocol:
     def live(self) -> bool:
         """Whether the hub delivers to this session directly (the protocol's state)."""
         return self.protocol.live
+
+    @property
+    def replaying(self) -> bool:
+        """Paced or paused: the hub's lag rule skips it (the protocol's state)."""
+        return self.protocol.replaying
 
     @property
     def lane(self) -> Lane | None:

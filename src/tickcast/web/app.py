@@ -38,6 +38,7 @@ from tickcast.tick import EncodedTick
 from tickcast.transports.asgi import AsgiSession
 from tickcast.transports.heartbeats import Heartbeats, service_heartbeats
 from tickcast.transports.intake import Refusal, admit, authorize
+from tickcast.transports.pacing import Pacer
 from tickcast.transports.params import PAGE_PARAMS, BadParam, parse_page_params, reject_unknown
 from tickcast.transports.params import start_t as page_start
 from tickcast.web import apidocs, export, keepalive, openapi, schemas
@@ -173,11 +174,13 @@ class TickcastApp(QuartTrio):
         super().__init__("tickcast")
         self._mount: Mount | None = None
         self._beats: Heartbeats | None = None
+        self._pacer: Pacer | None = None
 
     def attach(self, mount: Mount | None) -> None:
         """Serve ``mount`` from now on; None detaches it (routes answer 503)."""
         self._mount = mount
         self._beats = None
+        self._pacer = None
 
     def mounted(self) -> Mount:
         """The attached service (and producer), for a route.
@@ -199,6 +202,14 @@ class TickcastApp(QuartTrio):
             self._beats = service_heartbeats(self.mounted().service)
             self.nursery.start_soon(self._beats.run)
         return self._beats
+
+    def pacer(self) -> Pacer:
+        """The one timer of the app's paced replays, started on first use (as
+        :meth:`heartbeats`)."""
+        if self._pacer is None:
+            self._pacer = Pacer()
+            self.nursery.start_soon(self._pacer.run)
+        return self._pacer
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -354,7 +365,9 @@ def create_app() -> TickcastApp:
             response.headers.update(refused.headers())
             return response
         beats = app.heartbeats()
-        session = AsgiSession(service, admission.params, ip=admission.ip, beats=beats)
+        session = AsgiSession(
+            service, admission.params, ip=admission.ip, beats=beats, pacer=app.pacer()
+        )
         try:
             await websocket.accept()
         except BaseException:

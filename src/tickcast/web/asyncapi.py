@@ -4,7 +4,8 @@ Built from what the code uses: the message and query models of ``web.schemas``
 (msgspec Structs, turned into JSON Schema by ``msgspec.json.schema_components``),
 the close codes of ``wire.CloseCode`` (with the reasons ``protocol.End`` builds)
 and the limits the code enforces. The server is the document's application: it *sends* hello, tick,
-batch, heartbeat, pong and error, and *receives* ping. The query string is the
+batch, heartbeat, end, pong, replay and error, and *receives* ping and the replay
+controls (pause, play, speed, seek, live). The query string is the
 WebSocket channel binding's ``query`` (AsyncAPI channel parameters are for the
 address only). Close codes and handshake refusals, which AsyncAPI has no object
 for, are the channel's ``x-close-codes`` and ``x-handshake-refusals``.
@@ -52,9 +53,10 @@ CHANNEL = "stream"
 # The advice is part of the contract: the bundled client (`tickcast.client`) follows it.
 CLOSE_CODES: dict[CloseCode, tuple[str, str]] = {
     CloseCode.NORMAL: (
-        "",
-        "Not sent on its own: the server echoes the code of a client that closes first "
-        "(1000, or none when the client's close had none).",
+        End.RANGE_END.template,
+        "After `end`: every tick of the range asked with `to_t` / `to_ts` has been sent. "
+        "Otherwise the server echoes the code of a client that closes first (1000, or "
+        "none when the client's close had none).",
     ),
     CloseCode.GOING_AWAY: (
         End.SHUTDOWN.template,
@@ -96,7 +98,8 @@ REFUSALS: dict[int, tuple[str, str]] = {
     400: (
         "bad_request",
         "A query parameter is unknown (`detail` names it), or invalid (checked in the "
-        "order from_t, from_ts, batch, fields).",
+        "order from_t, from_ts, to_t, to_ts, speed, batch, fields); `to_t < from_t` and "
+        "`to_ts < from_ts` are refused too.",
     ),
     401: ("unauthorized", "With `read_token` set: the token is missing or wrong."),
     429: (
@@ -154,26 +157,64 @@ SERVER_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
         "Every `heartbeat_s` seconds; two periods of silence mean a dead connection.",
         {"type": "heartbeat", "latest_t": 2192, "ts": 1795492058.996497},
     ),
+    MessageType.END.value: (
+        schemas.End,
+        "The last tick of the asked range (`to_t` / `to_ts`) has been sent; close 1000 follows.",
+        {"type": "end", "t": 48300},
+    ),
     MessageType.PONG.value: (
         schemas.Pong,
         "The answer to a ping.",
         {"type": "pong", "ts": 1795491983.959698, "id": 7},
     ),
+    MessageType.REPLAY.value: (
+        schemas.Replay,
+        "The answer to a control message, before any tick that follows from it: where "
+        "the stream is now. Between two of them the ticks are strictly consecutive.",
+        {"type": "replay", "state": "playing", "t": 48210, "speed": 10},
+    ),
     MessageType.ERROR.value: (
         schemas.Error,
-        "The answer to a client message that is not JSON, not an object, or not a ping.",
+        "The answer to a client message that is not JSON, not an object, of no known "
+        "type, or a malformed or out-of-range control message (which changes nothing).",
         {"type": "error", "code": "bad_message", "detail": "not JSON"},
     ),
 }
 
-# What a client may send, shaped as SERVER_MESSAGES. Only ping: the stream takes no
-# other command, and anything else is answered with an error message, not obeyed.
+# What a client may send, shaped as SERVER_MESSAGES: ping, and the replay controls.
+# Anything else is answered with an error message, not obeyed.
 CLIENT_MESSAGES: dict[str, tuple[type[msgspec.Struct], str, dict[str, Any]]] = {
     MessageType.PING.value: (
         schemas.Ping,
-        f"Answered by a pong. Any other message gets an error; one over "
+        f"Answered by a pong. A message of no known type gets an error; one over "
         f"{MAX_CLIENT_MESSAGE} bytes closes the connection with 1009.",
         {"type": "ping", "id": 7},
+    ),
+    MessageType.PAUSE.value: (
+        schemas.Pause,
+        "Send no more ticks (heartbeats go on), keeping the position. Answered by `replay`.",
+        {"type": "pause"},
+    ),
+    MessageType.PLAY.value: (
+        schemas.Play,
+        "Go on from the position, at the stream's speed. Answered by `replay`.",
+        {"type": "play"},
+    ),
+    MessageType.SPEED.value: (
+        schemas.SetSpeed,
+        "Pace history at this speed from now on. Answered by `replay`.",
+        {"type": "speed", "speed": 10},
+    ),
+    MessageType.SEEK.value: (
+        schemas.Seek,
+        "The next tick is `t` (or the first with `ts >= ts`), clamped to "
+        "`oldest_t` ... `latest_t + 1`. Answered by `replay` (`clamped` when it was).",
+        {"type": "seek", "t": 48210},
+    ),
+    MessageType.LIVE.value: (
+        schemas.Live,
+        "The next tick is the latest one, then every new tick. Answered by `replay`.",
+        {"type": "live"},
     ),
 }
 
@@ -188,6 +229,12 @@ Order: `hello` first; then the latest tick (without `from_t`) or the replay from
 consecutive across the connection, batches included: no gap, no duplicate.
 Heartbeats come every `heartbeat_s` seconds. A client that falls more than
 `max_lag` ticks behind is closed with 4008 naming the `from_t` to resume with.
+
+Replay: with `speed`, history is paced by the ticks' own `ts`; with `to_t` /
+`to_ts`, the stream ends with `end` and close 1000 after the range. The control
+messages (pause, play, speed, seek, live) are each answered by a `replay` message
+before any tick that follows from it; between two `replay` messages the ticks are
+strictly consecutive. A paused or paced stream is never closed with 4008.
 Refused upgrades (`x-handshake-refusals`) are HTTP responses with a JSON body
 `{"error", "detail"}`; close codes are in `x-close-codes`.
 """
@@ -292,15 +339,22 @@ def document(host: str, *, secure: bool = False) -> dict[str, Any]:
             "sendStream": {
                 "action": "send",
                 "channel": channel_ref,
-                "summary": "The server streams hello, ticks, batches and heartbeats.",
-                "messages": refs(["hello", "tick", "batch", "heartbeat"]),
+                "summary": "The server streams hello, ticks, batches, heartbeats and end.",
+                "messages": refs(["hello", "tick", "batch", "heartbeat", "end"]),
             },
             "receivePing": {
                 "action": "receive",
                 "channel": channel_ref,
                 "summary": "The server answers a client's ping with a pong (or an error).",
-                "messages": refs(CLIENT_MESSAGES),
+                "messages": refs(["ping"]),
                 "reply": {"channel": channel_ref, "messages": refs(["pong", "error"])},
+            },
+            "receiveControl": {
+                "action": "receive",
+                "channel": channel_ref,
+                "summary": "The server applies a replay control and answers where it is now.",
+                "messages": refs(name for name in CLIENT_MESSAGES if name != "ping"),
+                "reply": {"channel": channel_ref, "messages": refs(["replay", "error"])},
             },
         },
         "components": {

@@ -54,6 +54,7 @@ from tickcast.errors import ConfigError, error_body
 from tickcast.service import Service
 from tickcast.transports.heartbeats import service_heartbeats
 from tickcast.transports.intake import Refusal, admit
+from tickcast.transports.pacing import Pacer
 from tickcast.transports.raw import RawSession
 from tickcast.web.descriptors import Reserve
 from tickcast.web.hypercorn_bridge import HypercornHandler
@@ -220,13 +221,15 @@ class FrontDoor:
     """Dispatches each accepted connection (see the module docstring).
 
     One per listener. It holds what every connection shares: the service, the
-    Hypercorn handler of the app, and the one heartbeat timer of the raw sessions.
+    Hypercorn handler of the app, and the one heartbeat timer and the one pacer of
+    the raw sessions.
     """
 
     def __init__(self, service: Service, app: Any) -> None:
         self.service = service
         self.http = HypercornHandler(app)
         self.beats = service_heartbeats(service)
+        self.pacer = Pacer()
 
     async def handle(self, sock: socket.socket, peer: str) -> None:
         """Serve one connection; its failure is logged and never reaches the listener.
@@ -319,7 +322,14 @@ class FrontDoor:
             await _send_all(sock, ws.send(AcceptConnection(extensions=extensions)))
             wbits = deflate.server_max_window_bits if deflate.enabled() else 0
             session = RawSession(
-                service, admission.params, ip=ip, sock=sock, ws=ws, wbits=wbits, beats=self.beats
+                service,
+                admission.params,
+                ip=ip,
+                sock=sock,
+                ws=ws,
+                wbits=wbits,
+                beats=self.beats,
+                pacer=self.pacer,
             )
         finally:
             if session is None:
@@ -358,6 +368,7 @@ async def serve_frontdoor(
             # connections wind down (1001 for stream clients) before this returns.
             bound = await nursery.start(_accept_loop, lsock, door.handle, reserve, nursery)
             nursery.start_soon(door.beats.run)
+            nursery.start_soon(door.pacer.run)
             task_status.started(bound)
     finally:
         reserve.close()

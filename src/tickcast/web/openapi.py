@@ -33,7 +33,7 @@ from werkzeug.routing import Rule
 
 from tickcast import __version__
 from tickcast.sources.ingest import MAX_INGEST_BYTES
-from tickcast.wire import PAGE_LIMIT
+from tickcast.wire import MAX_SPEED, MIN_SPEED, PAGE_LIMIT
 
 __all__ = [
     "INGEST_ACCESS",
@@ -129,6 +129,10 @@ The HTTP side of tickcast, a live market-data feed.
 
 * The WebSocket stream `GET /ws/stream` is described as AsyncAPI 3 in
   [/asyncapi.json](/asyncapi.json); its handshake refusals (400, 401, 429, 503) are JSON too.
+  A 400 names the first bad parameter (checked in the order `from_t`, `from_ts`,
+  `to_t`, `to_ts`, `speed`, `batch`, `fields`): `speed` must be `max` or
+  {MIN_SPEED:g}…{MAX_SPEED:g}, and a range that ends before it starts (`to_t < from_t`,
+  `to_ts < from_ts`) is refused.
 * Every error response is JSON: `{{"error": "<code>", "detail": "<sentence>"}}`.
 * A path not listed here answers 404; a method a path does not take answers 405
   with an `Allow` header.

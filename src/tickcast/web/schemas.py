@@ -31,19 +31,42 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from tickcast.tick import OPTIONAL_KEYS
-from tickcast.wire import MAX_BATCH, Error, Heartbeat, Hello, Ping, Pong
+from tickcast.wire import (
+    MAX_BATCH,
+    MAX_SPEED,
+    MIN_SPEED,
+    End,
+    Error,
+    Heartbeat,
+    Hello,
+    Live,
+    Pause,
+    Ping,
+    Play,
+    Pong,
+    Replay,
+    Seek,
+    SetSpeed,
+)
 
 __all__ = [
     "FIELDS_PATTERN",
     "Actions",
     "Agents",
     "Batch",
+    "End",
     "Error",
     "Heartbeat",
     "Hello",
+    "Live",
     "Matches",
+    "Pause",
     "Ping",
+    "Play",
     "Pong",
+    "Replay",
+    "Seek",
+    "SetSpeed",
     "State",
     "StreamQuery",
     "Tick",
@@ -113,6 +136,48 @@ class StreamQuery(msgspec.Struct):
 
     from_t: FromT | UnsetType = UNSET
     from_ts: FromTs | UnsetType = UNSET
+    to_t: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                description=(
+                    "The last tick of the range (inclusive): after it the server sends "
+                    "`end` and closes with 1000. Below `from_t`: 400."
+                ),
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    to_ts: (
+        Annotated[
+            float,
+            Meta(
+                ge=0,
+                description=(
+                    "The range ends at the last tick before the first with `ts > to_ts` "
+                    "(unix seconds); then `end` and close 1000. Below `from_ts`: 400."
+                ),
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    speed: (
+        Annotated[
+            str,
+            Meta(
+                pattern=r"^(max|[0-9]+(\.[0-9]*)?|\.[0-9]+)$",
+                description=(
+                    f"Replay history at this many times real time ({MIN_SPEED:g} to "
+                    f"{MAX_SPEED:g}), paced by the ticks' `ts` (gaps over 5 s count as "
+                    "5 s), or `max`: as fast as the client reads. Without it, history "
+                    "goes as fast as the client reads, under the lag rule."
+                ),
+                examples=["10", "0.5", "max"],
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     fields: Fields = ALL_FIELDS
     batch: Annotated[
         int,
