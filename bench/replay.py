@@ -252,25 +252,34 @@ def profiled(pid: int, path: Path | None) -> Iterator[None]:
         proc.wait(timeout=60)
 
 
+# Leaves of py-spy stacks that are a wait, not work (sampled anyway without --idle: a
+# worker thread parked on trio's thread-cache lock, the loop in epoll_wait)
+IDLE_LEAVES = ("WorkerThread._work (", "EpollIOManager.get_events (")
+
+
 def profile_summary(path: Path, top: int = 15) -> list[str]:
-    """The functions with the most samples in a py-spy raw file: by self and by total."""
+    """Where a py-spy raw file's samples went: by line (self) and by function (total),
+    as shares of the samples that were not a wait (:data:`IDLE_LEAVES`)."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
-    samples = 0
+    busy = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack:
             continue
         count = int(count_text)
-        samples += count
-        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        frames = stack.split(";")
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += count
+            continue
+        busy += count
         own[frames[-1]] += count
-        for frame in set(frames):
+        for frame in {re.sub(r":\d+\)$", ")", f) for f in frames}:
             total[frame] += count
-    lines = [f"    {samples} samples in {path}; self:"]
-    lines += [f"      {100 * n / samples:5.1f}%  {f}" for f, n in own.most_common(top)]
-    lines.append("    total (self + callees):")
-    lines += [f"      {100 * n / samples:5.1f}%  {f}" for f, n in total.most_common(top)]
+    lines = [f"    {busy} samples of work ({idle} of waiting left out), {path}; self, by line:"]
+    lines += [f"      {100 * n / busy:5.1f}%  {f}" for f, n in own.most_common(top)]
+    lines.append("    total (self + callees), by function:")
+    lines += [f"      {100 * n / busy:5.1f}%  {f}" for f, n in total.most_common(top)]
     return lines
 
 
