@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fanout import DRIVER_CPU, SERVER_CPU, ServerSampler, percentile, raise_nofile_limit  # noqa: E402
+from fanout import BUSY_PCT, DRIVER_CPU, SERVER_CPU, ServerSampler, percentile, raise_nofile_limit  # noqa: E402
 from history_cache import TS_GAP_S, History, cached_history, copy_history  # noqa: E402
 from loadtest.light_client import Client, Stats, open_client  # noqa: E402
 from loadtest.targets import (  # noqa: E402
@@ -131,26 +131,40 @@ def machine() -> str:
     return f"load average {load}"
 
 
-def busy(cpu: list[float]) -> str:
-    return ", ".join(f"cpu{i} {pct:.0f}%" for i, pct in enumerate(cpu))
+def busy(cpu: list[float], *ours: float) -> str:
+    """Each CPU's busy share, and what processes other than ``ours`` (CPU %) used."""
+    per_cpu = ", ".join(f"cpu{i} {pct:.0f}%" for i, pct in enumerate(cpu))
+    other = max(0.0, sum(cpu) - sum(ours))
+    flag = "BUSY: " if other > BUSY_PCT else ""
+    return f"machine {per_cpu}; {flag}other processes {other:.0f}% of a CPU"
 
 
 # 1. Pacing
 
 
-def pacing(port: int, history: History, args: argparse.Namespace) -> list[dict[str, Any]]:
+def pacing(
+    target: RunningTarget, history: History, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     rows = []
+    sampler = ServerSampler(target.pid)
     n = args.pacing_ticks
     for i, speed in enumerate(args.speeds):
         from_t = history.ticks // 2 + i * (n + 100)
         stretch = Stretch(from_t, to_t=from_t + n - 1, speed=f"{speed:g}", batch=1)
         paced_s = (n - 1) * TS_GAP_S / speed
         psutil.cpu_percent(percpu=True)
+        cpu0, wall0 = sampler.cpu_s(), time.time()
         result, subs = asyncio.run(
-            run_stretches(port, [stretch], timeout_s=2 * paced_s + 30, record=True)
+            run_stretches(target.port, [stretch], timeout_s=2 * paced_s + 30, record=True)
         )
-        cpu = psutil.cpu_percent(percpu=True)
-        row: dict[str, Any] = {"speed": speed, "result": result.to_json(), "machine_cpu": cpu}
+        wall = time.time() - wall0
+        row: dict[str, Any] = {
+            "speed": speed,
+            "result": result.to_json(),
+            "machine_cpu": psutil.cpu_percent(percpu=True),
+            "server_cpu_pct": 100 * (sampler.cpu_s() - cpu0) / wall,
+            "client_cpu_pct": 100 * result.client_cpu_s / wall,
+        }
         if subs and len(subs[0].rec_t) >= 2:
             row |= pacing_errors(subs[0].rec_ts, subs[0].rec_now, speed)
         rows.append(row)
@@ -189,7 +203,8 @@ def format_pacing(row: dict[str, Any], n: int) -> str:
         head + f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
         f"max {row['max_ms']:7.2f} ms  drift {row['drift_ms']:+8.1f} ms over "
         f"{row['gaps']} gaps ({row['same_read']} in one read)  "
-        f"[{ok}; machine {busy(row['machine_cpu'])}]{complete}"
+        f"[{ok}; {busy(row['machine_cpu'], row['server_cpu_pct'], row['client_cpu_pct'])}]"
+        f"{complete}"
     )
 
 
@@ -218,6 +233,7 @@ def measure(target: RunningTarget, phase: list[Stretch], timeout_s: float) -> di
     peak = status_mb(pid, "VmHWM")
     time.sleep(AFTER_S)
     cpu_s = (user1 - user0) + (sys1 - sys0)
+    wall = result.wall_s
     return {
         "clients": len(phase),
         "result": result.to_json(),
@@ -230,6 +246,7 @@ def measure(target: RunningTarget, phase: list[Stretch], timeout_s: float) -> di
         "rss_peak_mb": peak,
         "rss_after_mb": status_mb(pid, "VmRSS"),
         "machine_cpu": cpu,
+        "client_cpu_pct": 100 * result.client_cpu_s / wall if wall else float("nan"),
     }
 
 
@@ -323,7 +340,8 @@ def format_throughput(name: str, row: dict[str, Any]) -> str:
         f"{row['ticks_per_wall_s']:,.0f} ticks/s  server "
         f"{row['server_cpu_pct']:.0f}% of a core  client CPU {r['client_cpu_s']:.2f} s  "
         f"RSS {row['rss_before_mb']:.0f} / {row['rss_peak_mb']:.0f} / {row['rss_after_mb']:.0f} MB "
-        f"(+{growth:.0f})  [{ok}; machine {busy(row['machine_cpu'])}]"
+        f"(+{growth:.0f})  [{ok}; "
+        f"{busy(row['machine_cpu'], row['server_cpu_pct'], row['client_cpu_pct'])}]"
     )
     if r["ticks"] != r["expected"] or r["gaps"] or r["errors"]:
         line += (
@@ -435,9 +453,14 @@ def format_window(name: str, w: dict[str, Any]) -> str:
         f"{w['p99_ms']:6.2f} ms  max {w['max_ms']:7.1f} ms  {w['ticks']:>8,} ticks "
         f"({w['produced_per_s']:.1f}/s produced)  missed {w['missed']}  drops {w['drops']}  "
         f"server {w['server_cpu_pct']:.0f}% CPU, RSS max {w['server_rss_max_mb']:.0f} MB  "
-        f"driver {w['driver_cpu_pct']:.0f}%  [machine {busy(w['machine_cpu'])}]"
+        f"driver {w['driver_cpu_pct']:.0f}%"
     )
     r = w["replays"]
+    ours = [w["server_cpu_pct"], w["driver_cpu_pct"]]
+    if r is not None and "client_cpu_s" in r:
+        ours.append(100 * r["client_cpu_s"] / w["duration_s"])
+        line += f"  replay clients {ours[-1]:.0f}%"
+    line += f"  [{busy(w['machine_cpu'], *ours)}]"
     if r is not None:
         if "error" in r:
             return line + f"\n    replays FAILED: {r['error']}"
@@ -556,7 +579,7 @@ def run_parts(data: Path, history: History, args: argparse.Namespace) -> dict[st
                     f"{machine()}",
                     flush=True,
                 )
-                results["pacing"] = pacing(target.port, history, args)
+                results["pacing"] = pacing(target, history, args)
             if "throughput" in args.parts:
                 print(
                     f"\n2. throughput: batch={args.batch}; {args.replays} replays of "
