@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from tickcast.tick import EncodedTick
+from tickcast.tick import EncodedTick, batch_message
 from tickcast.transports.frames import (
     OP_CLOSE,
     OP_TEXT,
+    batch_frame,
     close_frame,
     deflate,
     frame,
@@ -274,3 +275,16 @@ def test_close_frame_truncated_reason_is_valid_utf8() -> None:
     assert len(body) <= 125
     text = body[2:].decode("utf-8")
     assert reason.startswith(text)
+
+
+@pytest.mark.parametrize("n", [2, 3, 100])
+@pytest.mark.parametrize("wbits", [0, 15])
+def test_a_batch_frame_is_the_batch_message_framed(n: int, wbits: int) -> None:
+    views = [orjson.dumps({"type": "tick", "t": t, "s": {"x": "y" * t}}) for t in range(n)]
+    data, size = batch_frame(views, wbits)
+    payload = batch_message(views)
+    assert size == len(payload)
+    if wbits:
+        assert data == message_frame(payload, wbits)
+    else:
+        assert data == frame(payload)

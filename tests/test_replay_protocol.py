@@ -247,3 +247,8 @@ def test_an_acknowledgement_restarts_the_pace() -> None:
     p.due_now([tick(10)], 0.0)
     apply(p, SetSpeed(speed=1.0))
     assert p.due_now([tick(11)], 0.0) == (1, 0.0)  # at once, not 0.1 s after tick 10
+
+
+def test_a_paced_replay_reads_one_message_per_step() -> None:
+    assert stream(speed=math.inf, batch=100).read_size() == 100
+    assert stream(batch=100).read_size() == 256  # a catch-up reads more per step

@@ -67,7 +67,8 @@ async def test_concurrent_readers_of_a_chunk_share_one_read_of_the_files(
     async with trio.open_nursery() as nursery:
         for from_t in (512, 520, 600):
             nursery.start_soon(reader, from_t)
-    # 512..767 is one chunk; 520 and 600 also need the next one (768..1023).
+    # 512 reads the chunk 512..575; 520 waits for it, then shares the next one
+    # (576..639), which 600 reads with 640..703.
     assert shared.reads == 2
     assert sorted(r[0].t for r in results) == [512, 520, 600]
     for r in results:
@@ -103,4 +104,4 @@ async def test_a_chunk_where_the_files_end_is_read_again_past_its_end(tmp_path: 
     assert [t.t for t in await shared.read(200, CHUNK)] == list(range(200, 260))
     end = 300
     assert [t.t for t in await shared.read(256, CHUNK)] == list(range(256, 300))
-    assert shared.reads == 3  # 0.., 256.. (ended at 259), 256.. again
+    assert shared.reads == 2  # 192..259 (the files ended), then 256.. again

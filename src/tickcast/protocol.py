@@ -491,7 +491,11 @@ class StreamProtocol:
         return self.next_t
 
     def read_size(self) -> int:
-        """How many ticks to ask history for per catch-up step."""
+        """How many ticks to ask history for per step: ``batch`` for a paced replay
+        (what one message may hold: a hundred replays hold a hundred steps), else at
+        least ``CATCH_UP_CHUNK`` (fewer, larger reads for a catch-up)."""
+        if self.state is State.PACED:
+            return self.batch
         return max(CATCH_UP_CHUNK, self.batch)
 
     def caught(self, ticks: Sequence[EncodedTick]) -> Sequence[EncodedTick]:

@@ -28,6 +28,8 @@ import orjson
 from tickcast.wire import read_head
 
 __all__ = [
+    "BATCH_HEAD",
+    "BATCH_TAIL",
     "HEAD_KEYS",
     "OPTIONAL_KEYS",
     "EncodedTick",
@@ -184,10 +186,14 @@ class EncodedTick:
         return f"EncodedTick(t={self.t}, {len(self.raw)} bytes)"
 
 
+BATCH_HEAD = b'{"type":"batch","ticks":['
+BATCH_TAIL = b"]}"
+
+
 def batch_message(views: Iterable[bytes]) -> bytes:
     """``{"type":"batch","ticks":[...]}`` from already-encoded tick views (no re-encoding).
 
     Each view is valid JSON on its own, so joining them with commas is valid JSON,
     and a batch costs one copy of the bytes, not a parse and an encode.
     """
-    return b'{"type":"batch","ticks":[' + b",".join(views) + b"]}"
+    return BATCH_HEAD + b",".join(views) + BATCH_TAIL

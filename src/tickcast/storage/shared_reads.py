@@ -37,9 +37,9 @@ from tickcast.tick import EncodedTick
 
 __all__ = ["CHUNK", "KEEP", "SHARED_UP_TO", "SharedReads"]
 
-CHUNK = 256  # ticks per aligned read (a catch-up step reads this many)
-KEEP = 16  # chunks kept after their read: ~16 x 256 x 3 KB = 12 MB of default ticks
-SHARED_UP_TO = 4  # reads of CHUNK .. 4 x CHUNK ticks are shared (a stream's steps)
+CHUNK = 64  # ticks per aligned chunk (a stream reads batch, or 256, ticks per step)
+KEEP = 64  # chunks kept after their read: 64 x 64 x 2.5 KB = ~10 MB of default ticks
+SHARED_UP_TO = 16  # reads of CHUNK .. 16 x CHUNK ticks are shared (a stream's steps)
 
 ReadFiles = Callable[[int, int], Awaitable[list[EncodedTick]]]
 
@@ -61,57 +61,72 @@ class SharedReads:
         """Up to ``limit`` consecutive ticks from the first the files have at or after
         ``from_t`` (as the wrapped read), shared when ``limit`` is a stream's step.
 
+        The chunks the range touches come from those kept, and the rest from one read
+        of the files (from the first chunk missing to the end of the range's last).
+
         Raises:
             CorruptRecordError: a stored record failed its checksum.
         """
         size = self._chunk
         if not size <= limit <= SHARED_UP_TO * size:
             return await self._read(from_t, limit)  # a probe or a page: one read of its own
-        out: list[EncodedTick] = []
-        while limit > 0:
-            start = from_t - from_t % size
-            try:
-                ticks = await self._chunk_at(start, min(from_t + limit, start + size) - 1)
-            except CorruptRecordError:
-                # Maybe before from_t: read the caller's range alone (it raises if the
-                # damaged record is in it; else it returns the ticks up to the chunk's end).
-                return out + await self._read(from_t, limit)
-            if not ticks or ticks[-1].t < from_t:
-                break
-            i = max(0, from_t - ticks[0].t)
-            part = ticks[i : i + limit]
-            if out and part[0].t != out[-1].t + 1:
-                break  # retention cut the range between two chunks
-            out += part
-            limit -= len(part)
-            from_t = part[-1].t + 1
-            if ticks[-1].t < start + size - 1:
-                break  # the files end inside this chunk
-        return out
-
-    async def _chunk_at(self, start: int, need: int) -> list[EncodedTick]:
-        """The chunk from ``start``, kept or read, holding ``need`` if the files do (a
-        kept chunk that ends before ``need`` was read where the files ended: again)."""
+        first = from_t - from_t % size
+        end = from_t + limit  # (exclusive)
         while True:
-            kept = self._kept.get(start)
-            if kept is not None and kept[-1].t >= need:
+            chunks: list[list[EncodedTick]] = []
+            start = first
+            while start < end:  # the kept chunks that begin the range
+                kept = self._kept.get(start)
+                if kept is None or kept[-1].t < min(end, start + size) - 1:
+                    break
                 self._kept.move_to_end(start)
+                chunks.append(kept)
+                start += size
+            if start >= end:
                 self.shared += 1
-                return kept
+                return _cut(chunks, from_t, limit)
             flight = self._flights.get(start)
             if flight is None:
                 break
-            await flight.wait()  # another reader is reading it: look again after
+            await flight.wait()  # another reader is reading from there: look again
         flight = self._flights[start] = trio.Event()
+        # To the end of the range's last chunk, and at least ``limit`` ticks: a stream
+        # reading on finds its next step kept, instead of reading one chunk at a time.
+        stop = max(end, start + limit)
+        span = stop - start + (-stop) % size
         try:
-            ticks = await self._read(start, self._chunk)
+            ticks = await self._read(start, span)
             self.reads += 1
+        except CorruptRecordError:
+            # Maybe before from_t: read the caller's range alone (it raises if the damaged
+            # record is in it, else returns the ticks up to the damage).
+            return await self._read(from_t, limit)
         finally:
             del self._flights[start]
             flight.set()
-        if ticks:
-            self._kept[start] = ticks
-            self._kept.move_to_end(start)
-            while len(self._kept) > self._keep:
-                self._kept.popitem(last=False)
-        return ticks
+        for i in range(0, len(ticks), size):
+            chunk = ticks[i : i + size]
+            if chunk[0].t % size == 0:  # aligned (retention may have cut the first)
+                self._kept[chunk[0].t] = chunk
+                self._kept.move_to_end(chunk[0].t)
+            chunks.append(chunk)
+        while len(self._kept) > self._keep:
+            self._kept.popitem(last=False)
+        return _cut(chunks, from_t, limit)
+
+
+def _cut(chunks: list[list[EncodedTick]], from_t: int, limit: int) -> list[EncodedTick]:
+    """The consecutive ticks of ``chunks`` from the first at or after ``from_t``, at most
+    ``limit``; they stop at a break in ``t`` (retention cut between two chunks)."""
+    out: list[EncodedTick] = []
+    for chunk in chunks:
+        if not chunk or chunk[-1].t < from_t:
+            continue
+        part = chunk[max(0, from_t - chunk[0].t) :][: limit - len(out)]
+        if out and part[0].t != out[-1].t + 1:
+            break
+        out += part
+        if len(out) >= limit:
+            break
+        from_t = out[-1].t + 1
+    return out

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 
-from tickcast.tick import EncodedTick, Fields
+from tickcast.tick import BATCH_HEAD, BATCH_TAIL, EncodedTick, Fields, batch_message
 
 __all__ = [
     "OP_CLOSE",
     "OP_TEXT",
+    "batch_frame",
     "close_frame",
     "deflate",
     "frame",
@@ -42,6 +44,34 @@ OP_CLOSE = 0x8
 _TAIL = b"\x00\x00\xff\xff"
 
 
+def _head(n: int, b0: int) -> bytes:
+    """The frame header for a payload of ``n`` bytes (the shortest length encoding)."""
+    if n < 126:
+        return bytes((b0, n))
+    if n < 65536:
+        return struct.pack("!BBH", b0, 126, n)
+    return struct.pack("!BBQ", b0, 127, n)
+
+
+def batch_frame(views: Sequence[bytes], wbits: int) -> tuple[bytes, int]:
+    """The frame of a ``batch`` message of ``views`` (tick JSON), and its payload size.
+
+    Uncompressed, the frame is built in one copy of the views (header, the batch's
+    opening, the views with commas between, its closing: one ``join``), not the three
+    that joining the message and then framing it would take: a catch-up or a replay
+    at full speed moves every byte of history through here.
+    """
+    if wbits:
+        payload = batch_message(views)
+        return message_frame(payload, wbits), len(payload)
+    n = len(BATCH_HEAD) + sum(map(len, views)) + len(views) - 1 + len(BATCH_TAIL)
+    parts = [b","] * (2 * len(views) + 1)
+    parts[0] = _head(n, 0x80 | OP_TEXT) + BATCH_HEAD
+    parts[1::2] = views
+    parts[-1] = BATCH_TAIL
+    return b"".join(parts), n
+
+
 def frame(payload: bytes, *, opcode: int = OP_TEXT, compressed: bool = False) -> bytes:
     """One final, unmasked frame carrying ``payload``.
 
@@ -54,14 +84,7 @@ def frame(payload: bytes, *, opcode: int = OP_TEXT, compressed: bool = False) ->
         compressed: sets RSV1, which marks a permessage-deflate message (RFC 7692).
     """
     b0 = 0x80 | opcode | (0x40 if compressed else 0)
-    n = len(payload)
-    if n < 126:
-        head = bytes((b0, n))
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, 127, n)
-    return head + payload
+    return _head(len(payload), b0) + payload
 
 
 def deflate(payload: bytes, wbits: int) -> bytes:

@@ -61,7 +61,7 @@ from tickcast.protocol import End
 from tickcast.service import Service
 from tickcast.tick import EncodedTick, Fields
 from tickcast.transports import stream
-from tickcast.transports.frames import close_frame, message_frame, tick_frame
+from tickcast.transports.frames import batch_frame, close_frame, message_frame, tick_frame
 from tickcast.transports.heartbeats import Beat, Heartbeats
 from tickcast.transports.pacing import Pacer
 from tickcast.transports.params import StreamParams
@@ -396,9 +396,9 @@ class RawSession(stream.HeldProtocol):
                 self._write(tick_frame(group[0], fields, wbits))
                 self.count(len(group[0].view(fields)))
             else:
-                payload = protocol.payload(group)
-                self._write(message_frame(payload, wbits))
-                self.count(len(payload))
+                data, size = batch_frame([tick.view(fields) for tick in group], wbits)
+                self._write(data)
+                self.count(size)
             protocol.sent_t = group[-1].t
             await self._flush(self._high_water)
 
