@@ -15,7 +15,7 @@ import trio
 
 from tickcast.config import Config
 from tickcast.storage.local import LocalHistory
-from tickcast.storage.shared_reads import CHUNK, KEEP, SharedReads
+from tickcast.storage.shared_reads import CHUNK, SharedReads
 from tickcast.tick import EncodedTick
 
 TICKS = 6000
@@ -40,8 +40,8 @@ async def filled(tmp_path: Path) -> LocalHistory:
 
 async def test_readers_of_one_stretch_share_the_ticks(tmp_path: Path) -> None:
     log = await filled(tmp_path)
-    a = await log.read(1000, CHUNK)
-    b = await log.read(1000, CHUNK)
+    a = await log.read(1000, CHUNK, shared=True)
+    b = await log.read(1000, CHUNK, shared=True)
     assert [t.t for t in a] == list(range(1000, 1000 + CHUNK))
     assert all(x is y for x, y in zip(a, b, strict=True))  # the same objects: encoded once
 
@@ -49,8 +49,8 @@ async def test_readers_of_one_stretch_share_the_ticks(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("from_t", "limit"), [(0, 256), (5, 300), (255, 256), (1000, 1024)])
 async def test_a_shared_read_is_the_unshared_read(tmp_path: Path, from_t: int, limit: int) -> None:
     log = await filled(tmp_path)
-    shared = await log.read(from_t, limit)
-    direct = await log._read_thread(from_t, limit)
+    shared = await log.read(from_t, limit, shared=True)
+    direct = await log.read(from_t, limit)
     assert [t.raw for t in shared] == [t.raw for t in direct]
 
 
@@ -58,7 +58,7 @@ async def test_concurrent_readers_of_a_chunk_share_one_read_of_the_files(
     tmp_path: Path,
 ) -> None:
     log = await filled(tmp_path)
-    shared = SharedReads(log._read_thread)
+    shared = SharedReads(log._read_files)
     results: list[list[EncodedTick]] = []
 
     async def reader(from_t: int) -> None:
@@ -75,19 +75,22 @@ async def test_concurrent_readers_of_a_chunk_share_one_read_of_the_files(
         assert [t.t for t in r] == list(range(r[0].t, r[0].t + CHUNK))
 
 
-async def test_kept_chunks_are_bounded(tmp_path: Path) -> None:
+async def test_kept_chunks_are_bounded_in_bytes(tmp_path: Path) -> None:
     log = await filled(tmp_path)
-    shared = SharedReads(log._read_thread)
-    for k in range(KEEP + 3):
+    chunk_bytes = sum(len(t.raw) for t in await log._read_files(0, CHUNK))
+    shared = SharedReads(log._read_files, keep_bytes=10 * chunk_bytes)
+    for k in range(13):
         await shared.read(k * CHUNK, CHUNK)
-    assert len(shared._kept) == KEEP
+    assert len(shared._kept) <= 10 and shared.kept_bytes <= 10 * chunk_bytes + CHUNK * 2
     await shared.read(0, CHUNK)  # pushed out: read again
-    assert shared.reads == KEEP + 4
+    assert shared.reads == 14
+    await shared.read(12 * CHUNK, CHUNK)  # still kept
+    assert shared.reads == 14
 
 
 async def test_a_probe_or_a_page_is_not_shared(tmp_path: Path) -> None:
     log = await filled(tmp_path)
-    shared = SharedReads(log._read_thread)
+    shared = SharedReads(log._read_files)
     assert [t.t for t in await shared.read(7, 1)] == [7]
     assert len(await shared.read(0, 2000)) == 2000
     assert shared.reads == 0 and not shared._kept

@@ -69,10 +69,14 @@ class History(Protocol):
         """The newest published tick, if it is in memory."""
         ...
 
-    async def read(self, from_t: int, limit: int, *, upto: int | None = None) -> list[EncodedTick]:
+    async def read(
+        self, from_t: int, limit: int, *, upto: int | None = None, shared: bool = False
+    ) -> list[EncodedTick]:
         """Up to ``limit`` consecutive published ticks from ``max(from_t, oldest_t)``.
 
-        ``upto`` caps the range (default: ``latest_t``).
+        ``upto`` caps the range (default: ``latest_t``). ``shared``: a stream's step
+        (a catch-up or a replay), whose reads of older ticks a history may share with
+        other streams reading the same stretch; a page or an export reads on its own.
 
         Raises:
             CorruptRecordError: a stored record failed its checksum.

@@ -86,7 +86,7 @@ class LocalHistory:
         self._fsync = fsync
         self._send, self._receive = trio.open_memory_channel[EncodedTick](WRITE_QUEUE)
         self._readers = trio.CapacityLimiter(READ_THREADS)
-        self._shared = SharedReads(self._read_thread)  # readers of one stretch share reads
+        self._shared = SharedReads(self._read_files)  # streams on one stretch share reads
         # The last t the store has taken (fsynced too, with fsync=always): published.
         self._written_t = store.latest_t if store.latest_t is not None else -1
         self._written_changed = trio.Event()
@@ -373,7 +373,9 @@ class LocalHistory:
 
     # -- reading ----------------------------------------------------------------------
 
-    async def read(self, from_t: int, limit: int, *, upto: int | None = None) -> list[EncodedTick]:
+    async def read(
+        self, from_t: int, limit: int, *, upto: int | None = None, shared: bool = False
+    ) -> list[EncodedTick]:
         """Up to ``limit`` consecutive published ticks from ``max(from_t, oldest_t)``.
 
         Served from the ring when it holds ``from_t``, else from the segment files in a
@@ -385,7 +387,7 @@ class LocalHistory:
         """
         return await read_through(
             self.ring,
-            self._read_files,
+            self._shared.read if shared else self._read_files,
             from_t,
             limit,
             oldest_t=self.oldest_t,
@@ -394,16 +396,13 @@ class LocalHistory:
         )
 
     async def _read_files(self, from_t: int, limit: int) -> list[EncodedTick]:
-        """Read from the segment files in a worker thread (at most ``READ_THREADS`` at once),
-        in aligned chunks shared with other readers of the same stretch (``shared_reads.py``).
+        """Read from the segment files in a worker thread (at most ``READ_THREADS`` at once).
 
-        Cancellation waits for the thread's read to finish (trio does not abandon a
-        worker thread by default); one read is bounded by one page of records.
+        A stream's steps go through ``self._shared`` (``shared_reads.py``), which calls
+        this in aligned chunks. Cancellation waits for the thread's read to finish
+        (trio does not abandon a worker thread by default); one read is bounded by one
+        page of records.
         """
-        return await self._shared.read(from_t, limit)
-
-    async def _read_thread(self, from_t: int, limit: int) -> list[EncodedTick]:
-        """One read of the segment files in a worker thread (``SharedReads`` calls it)."""
         raws = await trio.to_thread.run_sync(self.store.read, from_t, limit, limiter=self._readers)
         return [EncodedTick.from_stored(raw) for raw in raws]
 

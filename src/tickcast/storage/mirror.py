@@ -167,11 +167,14 @@ class MirrorHistory:
         """The newest tick (always in the ring when there is one)."""
         return self.ring.latest()
 
-    async def read(self, from_t: int, limit: int, *, upto: int | None = None) -> list[EncodedTick]:
+    async def read(
+        self, from_t: int, limit: int, *, upto: int | None = None, shared: bool = False
+    ) -> list[EncodedTick]:
         """:meth:`History.read`: the backfill for ticks older than the ring, then the ring.
 
         An older part the backfill cannot give ends the answer early (possibly empty),
-        never with a hole; the caller asks again or reports ``truncated``.
+        never with a hole; the caller asks again or reports ``truncated``. ``shared``
+        changes nothing here: an edge's older ticks come from the producer's pages.
         """
         return await read_through(
             self.ring,

@@ -3,7 +3,7 @@
 Without this, ten researchers replaying the same stretch (a link to the crash at
 t=48 210 sent round a team) would each read it from the files and each encode its
 ticks' frames. Here reads are made in aligned chunks (``CHUNK`` ticks starting at a
-multiple of ``CHUNK``), and the last ``KEEP`` chunks read are kept: a reader of the
+multiple of ``CHUNK``), and the chunks read last are kept (``KEEP_BYTES`` of them): a reader of the
 same stretch gets the same ``EncodedTick`` objects, so the file is read once and each
 frame (``tick.py`` caches them per tick) is built once. Two readers asking for the
 same chunk at the same moment share one read (the second waits for the first).
@@ -20,7 +20,7 @@ Invariants:
   what a catch-up or a replay asks for): a probe of one tick (the dashboard's
   timeline) or a page of thousands (``/incremental``) is one read of its own, as
   before, and does not push a stream's chunks out.
-* Memory is bounded: ``KEEP`` chunks of ``CHUNK`` ticks, plus the chunks in flight.
+* Memory is bounded: ``KEEP_BYTES`` of kept ticks, plus the reads in flight.
 * A damaged record fails only the reads whose range holds it: a chunk that cannot
   be read whole is read again from the caller's ``from_t``, unshared.
 """
@@ -35,10 +35,10 @@ import trio
 from tickcast.errors import CorruptRecordError
 from tickcast.tick import EncodedTick
 
-__all__ = ["CHUNK", "KEEP", "SHARED_UP_TO", "SharedReads"]
+__all__ = ["CHUNK", "KEEP_BYTES", "SHARED_UP_TO", "SharedReads"]
 
 CHUNK = 64  # ticks per aligned chunk (a stream reads batch, or 256, ticks per step)
-KEEP = 64  # chunks kept after their read: 64 x 64 x 2.5 KB = ~10 MB of default ticks
+KEEP_BYTES = 8 * 1024 * 1024  # bytes of ticks kept after their read (~50 chunks of 2.5 KB ticks)
 SHARED_UP_TO = 16  # reads of CHUNK .. 16 x CHUNK ticks are shared (a stream's steps)
 
 ReadFiles = Callable[[int, int], Awaitable[list[EncodedTick]]]
@@ -47,12 +47,16 @@ ReadFiles = Callable[[int, int], Awaitable[list[EncodedTick]]]
 class SharedReads:
     """The files' read in aligned chunks, the last few kept for the next reader."""
 
-    def __init__(self, read: ReadFiles, *, chunk: int = CHUNK, keep: int = KEEP) -> None:
+    def __init__(
+        self, read: ReadFiles, *, chunk: int = CHUNK, keep_bytes: int = KEEP_BYTES
+    ) -> None:
         """Share ``read(from_t, limit)`` (the segment files' read, in a worker thread)."""
         self._read = read
         self._chunk = chunk
-        self._keep = keep
+        self._keep_bytes = keep_bytes
         self._kept: OrderedDict[int, list[EncodedTick]] = OrderedDict()  # start -> ticks
+        self._kept_sizes: dict[int, int] = {}  # start -> bytes of its ticks
+        self.kept_bytes = 0
         self._flights: dict[int, trio.Event] = {}  # start -> set when its read ends
         self.reads = 0  # chunks read from the files (for tests and /metrics)
         self.shared = 0  # chunk lookups answered without a read of the files
@@ -107,12 +111,24 @@ class SharedReads:
         for i in range(0, len(ticks), size):
             chunk = ticks[i : i + size]
             if chunk[0].t % size == 0:  # aligned (retention may have cut the first)
-                self._kept[chunk[0].t] = chunk
-                self._kept.move_to_end(chunk[0].t)
+                self._keep(chunk)
             chunks.append(chunk)
-        while len(self._kept) > self._keep:
-            self._kept.popitem(last=False)
         return _cut(chunks, from_t, limit)
+
+    def _keep(self, chunk: list[EncodedTick]) -> None:
+        """Keep ``chunk`` (replacing a shorter one), dropping the least recent past the budget."""
+        start = chunk[0].t
+        self._forget(start)
+        nbytes = sum(len(tick.raw) for tick in chunk)
+        self._kept[start] = chunk
+        self._kept_sizes[start] = nbytes
+        self.kept_bytes += nbytes
+        while self.kept_bytes > self._keep_bytes and len(self._kept) > 1:
+            self._forget(next(iter(self._kept)))
+
+    def _forget(self, start: int) -> None:
+        if self._kept.pop(start, None) is not None:
+            self.kept_bytes -= self._kept_sizes.pop(start)
 
 
 def _cut(chunks: list[list[EncodedTick]], from_t: int, limit: int) -> list[EncodedTick]:

@@ -331,7 +331,7 @@ async def play(session: Session) -> None:
                 await session.until_poked(history.wait_published, protocol.next_t)
                 await session.send_aside()
                 continue
-            read = await history.read(start, protocol.read_size(), upto=protocol.to_t)
+            read = await history.read(start, protocol.read_size(), upto=protocol.to_t, shared=True)
             if protocol.controls:
                 return  # read, not taken: next_t has not moved
             ticks = protocol.caught(read)
