@@ -100,6 +100,32 @@ async def running(config: Config, transport: Transport = "raw") -> AsyncIterator
             stop.set()
 
 
+@asynccontextmanager
+async def truncated(tmp_path: Path, transport: Transport = "raw") -> AsyncIterator[Running]:
+    """A server whose retention has deleted the start of its 200 ticks (oldest_t > 20).
+
+    The ticks come from the test (ingest), not a timer, so retention moves
+    ``oldest_t`` only while they are produced, never between a test's two steps (on a
+    slow machine at 300 ticks/s it did).
+    """
+    config = make_config(
+        tmp_path,
+        segment_bytes=8192,
+        retain_bytes=30_000,
+        ring_size=50,
+        source="ingest",
+        ingest_token="x",
+    )
+    async with running(config, transport) as srv:
+        for t in range(200):
+            agents = [{"id": i, "experience": 0.125} for i in range(40)]
+            tick = {"type": "tick", "t": t, "ts": 1.0 + t, "s": {"price_norm": 0.5}}
+            await srv.producer.produce(tick | {"agents": agents, "actions": [], "matches": []})
+        await srv.wait_for_t(199)
+        assert (srv.service.history.oldest_t or 0) > 20  # retention deleted the start
+        yield srv
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Running]:
     async with running(make_config(tmp_path)) as srv:

@@ -20,7 +20,15 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Running, Transport, collect_ticks, make_config, recv_json, running
+from conftest import (
+    Running,
+    Transport,
+    collect_ticks,
+    make_config,
+    recv_json,
+    running,
+    truncated,
+)
 from conftest import ws_connect as open_websocket_url
 from tickcast.service import Service
 from tickcast.transports.raw import LIVE_BACKLOG, RawSession
@@ -79,24 +87,7 @@ async def test_from_t_in_the_future_starts_when_produced(stream_server: Running)
 
 
 async def test_from_t_before_oldest_is_truncated(tmp_path: Path, transport: Transport) -> None:
-    # Ticks come from the test (ingest), so retention cannot delete the oldest tick
-    # between the hello and its read: on a slow machine at 300 ticks/s it did.
-    config = make_config(
-        tmp_path,
-        segment_bytes=8192,
-        retain_bytes=30_000,
-        ring_size=50,
-        source="ingest",
-        ingest_token="x",
-    )
-    async with running(config, transport) as srv:
-        for t in range(200):
-            agents = [{"id": i, "experience": 0.125} for i in range(40)]
-            tick = {"type": "tick", "t": t, "ts": 1.0 + t, "s": {"price_norm": 0.5}}
-            tick |= {"agents": agents, "actions": [], "matches": []}
-            await srv.producer.produce(tick)
-        await srv.wait_for_t(199)
-        assert (srv.service.history.oldest_t or 0) > 20  # retention deleted the start
+    async with truncated(tmp_path, transport) as srv:
         async with open_websocket_url(srv.ws_url("?from_t=0")) as ws:
             hello = await recv_json(ws)
             assert hello["truncated"] is True

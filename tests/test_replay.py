@@ -18,7 +18,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from conftest import Running, Transport, make_config, recv_json, running
+from conftest import Running, Transport, make_config, recv_json, running, truncated
 from conftest import ws_connect as open_websocket_url
 from wsclient import RawClient, Rejected
 
@@ -214,24 +214,9 @@ async def test_a_seek_outside_retention_is_clamped_and_says_so(stream_server: Ru
 async def test_a_seek_below_the_oldest_tick_is_clamped_to_it(
     tmp_path: Path, transport: Transport
 ) -> None:
-    # Ticks come from the test (ingest), so retention moves oldest_t only while the
-    # test produces, not between the seek and its check.
-    config = make_config(
-        tmp_path,
-        segment_bytes=8192,
-        retain_bytes=30_000,
-        ring_size=50,
-        source="ingest",
-        ingest_token="x",
-    )
-    async with running(config, transport) as srv:
-        for t in range(200):
-            agents = [{"id": i, "experience": 0.125} for i in range(40)]
-            tick = {"type": "tick", "t": t, "ts": 1.0 + t, "s": {"price_norm": 0.5}}
-            await srv.producer.produce(tick | {"agents": agents, "actions": [], "matches": []})
-        await srv.wait_for_t(199)
+    async with truncated(tmp_path, transport) as srv:
         oldest = srv.service.history.oldest_t
-        assert oldest is not None and oldest > 20  # retention deleted the start
+        assert oldest is not None
         async with open_websocket_url(srv.ws_url(f"?from_t={oldest}&speed=1000")) as ws:
             await recv_json(ws)
             ack, _ = await control(ws, type="seek", t=3)
