@@ -300,7 +300,7 @@ async def run_stretches(
 
 
 def worker_main(spec: str) -> int:
-    """``bench/replay.py --worker SPEC``: run the stretches of ``SPEC`` (JSON), print the
+    """``bench/replay.py --worker JOB``: run the stretches of ``JOB`` (JSON), print the
     line ``started`` before the first connect and the result as one JSON line."""
     job = json.loads(spec)
     if job.get("nice"):
