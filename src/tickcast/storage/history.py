@@ -131,7 +131,9 @@ async def read_through(
     ring begins, then from the ring. ``older(from_t, n)`` returns up to ``n``
     consecutive ticks from ``from_t`` (or from the first it still has). Stops at
     the first break in ``t`` (retention cut the range), returning the consecutive
-    part; retries when the ring moved on while ``older`` was read.
+    part; retries when the ring moved on while ``older`` was read. A list ``older``
+    returned is never changed: a read wholly from ``older`` returns that very list
+    (which a shared read may be handing to other streams too).
     """
     if latest_t is None or limit < 1:
         return []
@@ -143,8 +145,7 @@ async def read_through(
         ring_oldest = ring.oldest_t
         if ring_oldest is not None and start >= ring_oldest:
             try:
-                out += ring.range(start, limit, upto=end)
-                return out
+                return out + ring.range(start, limit, upto=end)
             except KeyError:  # the ring moved on while we read the older part
                 continue
         n = limit if ring_oldest is None else min(limit, ring_oldest - start)
@@ -153,7 +154,7 @@ async def read_through(
             return out
         if out and ticks[0].t != out[-1].t + 1:
             return out
-        out += ticks
+        out = out + ticks if out else ticks
         start = ticks[-1].t + 1
         limit -= len(ticks)
     return out

@@ -340,6 +340,9 @@ async def play(session: Session) -> None:
                 await _paced(session, ticks)
             else:
                 await session.send_ticks(ticks)
+            # Let the step go before reading the next: a hundred replays would otherwise
+            # each hold two steps of ticks across the read.
+            del read, ticks
     except StreamEnded as exc:
         if exc.end is End.SLOW_CONSUMER:  # a 4008 decided here, counted with the hub's
             service.hub.count_slow_close()
