@@ -251,4 +251,5 @@ def test_an_acknowledgement_restarts_the_pace() -> None:
 
 def test_a_paced_replay_reads_one_message_per_step() -> None:
     assert stream(speed=math.inf, batch=100).read_size() == 100
+    assert stream(speed=math.inf).read_size() == 64  # batch=1: not a read per tick
     assert stream(batch=100).read_size() == 256  # a catch-up reads more per step

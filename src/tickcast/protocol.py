@@ -107,6 +107,7 @@ __all__ = [
 ]
 
 CATCH_UP_CHUNK = 256  # ticks read from history per step of a catch-up
+REPLAY_STEP = 64  # ... and of a paced replay, at least (batch when larger)
 MAX_PENDING_CONTROLS = 16  # control messages waiting to be applied; more: bad_message
 EARLY_S = 0.001  # a paced tick due within this is sent now (a timer cannot do better)
 RESYNC_S = 0.005  # a paced tick sent later than this restarts the pace from now
@@ -491,11 +492,11 @@ class StreamProtocol:
         return self.next_t
 
     def read_size(self) -> int:
-        """How many ticks to ask history for per step: ``batch`` for a paced replay
-        (what one message may hold: a hundred replays hold a hundred steps), else at
-        least ``CATCH_UP_CHUNK`` (fewer, larger reads for a catch-up)."""
+        """How many ticks to ask history for per step: ``max(REPLAY_STEP, batch)`` for a
+        paced replay (about one message: a hundred replays hold a hundred steps), else
+        ``max(CATCH_UP_CHUNK, batch)`` (fewer, larger reads for a catch-up)."""
         if self.state is State.PACED:
-            return self.batch
+            return max(REPLAY_STEP, self.batch)
         return max(CATCH_UP_CHUNK, self.batch)
 
     def caught(self, ticks: Sequence[EncodedTick]) -> Sequence[EncodedTick]:
