@@ -129,6 +129,14 @@ def test_pause_and_play_keep_the_position_and_the_mode() -> None:
     assert plain.allowance == 90  # resumed far back: not refused for it (as a from_t)
 
 
+def test_a_control_takes_the_stream_from_the_last_tick_sent() -> None:
+    p = stream(speed=1.0)
+    p.caught([tick(t) for t in range(10, 20)])  # read: next_t 20
+    p.sent_t = 14  # but sent only up to 14 when the control came
+    assert apply(p, Pause())["t"] == 15
+    assert p.next_t == 15
+
+
 def test_play_while_playing_changes_nothing() -> None:
     p = stream(speed=1.0)
     assert apply(p, Play())["state"] == "playing"

@@ -643,10 +643,12 @@ class StreamProtocol:
         """Apply one control message; return its ``replay`` acknowledgement.
 
         The caller has *settled* the stream first: out of any lane, nothing taken and
-        not yet sent, so ``next_t == sent_t + 1`` is where the client is. ``seek_t``
-        is the target of a seek (a ``ts`` seek resolved with ``find_ts``). After it,
-        the next tick is sent at once and the pace runs from it.
+        not yet sent, so the client is at ``sent_t + 1``, where ``next_t`` is put back
+        (a catch-up's read or a live channel may have moved it past what was sent).
+        ``seek_t`` is the target of a seek (a ``ts`` seek resolved with ``find_ts``).
+        After it, the next tick is sent at once and the pace runs from it.
         """
+        self.next_t = self.sent_t + 1
         clamped = False
         state = self.state
         paused = state is State.PAUSED

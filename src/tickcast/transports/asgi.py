@@ -104,15 +104,12 @@ class AsgiSession(stream.HeldProtocol):
             protocol.sent_t = group[-1].t
 
     def settle(self) -> None:
-        """Drop what the channel holds (taken from the hub, never sent): the client is
-        at ``sent_t + 1``."""
+        """Drop what the channel holds (taken from the hub, never sent)."""
         while True:
             try:
                 self._receive.receive_nowait()
             except trio.WouldBlock:
                 break
-        protocol = self.protocol
-        protocol.next_t = protocol.sent_t + 1
 
     async def send_aside(self) -> None:
         """Send the heartbeat that came while the stream was paused or paced, if any."""

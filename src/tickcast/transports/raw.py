@@ -406,8 +406,6 @@ class RawSession(stream.HeldProtocol):
         """Leave the lane (its position written back): what is queued counts as sent."""
         if self.lane is not None:
             self.service.hub.leave(self)
-        protocol = self.protocol
-        protocol.next_t = protocol.sent_t + 1
 
     async def send_aside(self) -> None:
         """Nothing: a heartbeat is queued in the outbox when it is due."""

@@ -111,9 +111,10 @@ class Session(Subscriber, Protocol):
         ...
 
     def settle(self) -> None:
-        """Leave any lane and forget what was taken but not sent (a control follows).
+        """Leave any lane and drop what was taken but not sent (a control follows).
 
-        After it ``protocol.next_t == protocol.sent_t + 1``: where the client is.
+        After it nothing reaches the client past ``protocol.sent_t``, which is where
+        :meth:`StreamProtocol.apply` takes the stream from.
         """
         ...
 
@@ -360,7 +361,7 @@ async def _paced(session: Session, ticks: Sequence[EncodedTick]) -> None:
     while i < len(ticks):
         if protocol.controls:
             return
-        n, due = protocol.due_now(ticks[i:], trio.current_time())
+        n, due = protocol.due_now(ticks[i : i + protocol.batch], trio.current_time())
         if n == 0:
             pacer.wake_at(due, session)
             await session.until_poked(trio.sleep_forever)
