@@ -166,7 +166,7 @@ class StreamQuery(msgspec.Struct):
         Annotated[
             str,
             Meta(
-                pattern=r"^(max|[0-9]+(\.[0-9]*)?|\.[0-9]+)$",
+                pattern=r"^(max|([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?)$",
                 description=(
                     f"Replay history at this many times real time ({MIN_SPEED:g} to "
                     f"{MAX_SPEED:g}), paced by the ticks' `ts` (gaps over 5 s count as "
